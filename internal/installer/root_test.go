@@ -1,0 +1,35 @@
+package installer
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/opstrace/opstrace/internal/version"
+)
+
+func TestVersionCommandPrintsTheBuildVersion(t *testing.T) {
+	root := NewRootCommand()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetArgs([]string{"version"})
+	if err := root.Execute(); err != nil {
+		t.Fatalf("opstrace version: %v", err)
+	}
+	if want := "opstrace " + version.Version + "\n"; out.String() != want {
+		t.Fatalf("opstrace version printed %q, want %q", out.String(), want)
+	}
+}
+
+func TestUnknownCommandIsAnError(t *testing.T) {
+	root := NewRootCommand()
+	root.SetOut(&bytes.Buffer{})
+	root.SetErr(&bytes.Buffer{})
+	root.SetArgs([]string{"crate", "local"})
+	err := root.Execute()
+	if err == nil {
+		t.Fatal("opstrace crate local succeeded, want an unknown command error")
+	}
+	if !bytes.Contains([]byte(err.Error()), []byte(`unknown command "crate"`)) {
+		t.Fatalf("error %q does not name the unknown command", err)
+	}
+}
