@@ -3,6 +3,8 @@
 KUBERNETES_VERSION ?= v1.37.1
 ETCD_VERSION ?= v3.7.3
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
+# The Cortex release the controller runs by default; tests run this binary for real.
+CORTEX_VERSION ?= v1.21.1
 
 export GOTOOLCHAIN := local
 export CGO_ENABLED := 0
@@ -54,10 +56,11 @@ verify: controller-gen ## Fail when generated files, formatting, go.mod or go ve
 ##@ Tools
 
 .PHONY: test-tools
-test-tools: ## Build (once per machine) kube-apiserver, etcd and kubectl for tests.
+test-tools: ## Build (once per machine) kube-apiserver, etcd, kubectl and Cortex for tests.
 	hack/install-tool.sh kube-apiserver $(KUBERNETES_VERSION)
 	hack/install-tool.sh kubectl $(KUBERNETES_VERSION)
 	hack/install-tool.sh etcd $(ETCD_VERSION)
+	hack/install-tool.sh cortex $(CORTEX_VERSION)
 
 .PHONY: controller-gen
 controller-gen:

@@ -32,6 +32,17 @@ wrapper() {
   (cd "$work" && go mod init opstrace.io/toolbuild >/dev/null 2>&1 && go mod edit -require="$module@$modversion")
 }
 
+# copy_replaces MODULE VERSION: a module's replace directives bind only when it is the main module, so a
+# wrapper must repeat them; `go install` refuses such modules outright. Local-path replaces are skipped.
+copy_replaces() {
+  local modfile
+  modfile=$(cd "$work" && go mod download -json "$1@$2" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+  awk '/^replace \(/ {block=1; next} block && /^\)/ {block=0; next}
+       /^replace / {sub(/^replace /, ""); print; next} block {print}' "$modfile" |
+    sed 's#//.*##' | awk 'NF == 4 && $2 == "=>" {print $1 "=" $3 "@" $4}' |
+    while read -r replacement; do (cd "$work" && go mod edit -replace="$replacement"); done
+}
+
 echo ">> building $name $version into $target (first time on this machine; cached afterwards)" >&2
 start=$SECONDS
 case "$name" in
@@ -55,6 +66,13 @@ case "$name" in
   etcd)
     wrapper go.etcd.io/etcd/server/v3 "$version"
     (cd "$work" && go build -trimpath -ldflags "-s -w" -o "$target.tmp" go.etcd.io/etcd/server/v3)
+    ;;
+  cortex)
+    # Cortex's own Makefile builds with these tags; without slicelabels it panics on the first push.
+    wrapper github.com/cortexproject/cortex "$version"
+    copy_replaces github.com/cortexproject/cortex "$version"
+    (cd "$work" && go build -trimpath -tags netgo,slicelabels -ldflags "-s -w" -o "$target.tmp" \
+      github.com/cortexproject/cortex/cmd/cortex)
     ;;
   controller-gen)
     wrapper sigs.k8s.io/controller-tools "$version"
