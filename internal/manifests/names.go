@@ -1,0 +1,90 @@
+// Package manifests holds the pure builders of a MetricsCluster: Options in, configuration and Kubernetes
+// objects out. Nothing here talks to an API server, so everything is tested with table tests and golden files.
+package manifests
+
+import (
+	"fmt"
+
+	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
+)
+
+// DefaultCortexVersion is the Cortex release a MetricsCluster runs when spec.version is empty. It is the one
+// place the pinned version lives; hack/install-tool.sh builds the same release for the tests.
+const DefaultCortexVersion = "v1.21.1"
+
+// Cortex components. Each is both a Cortex -target and the suffix of the names of its Kubernetes objects.
+const (
+	// TargetAll is the one process of topology single: every component below plus ruler and alertmanager.
+	TargetAll = "all"
+
+	ComponentDistributor   = "distributor"
+	ComponentIngester      = "ingester"
+	ComponentQuerier       = "querier"
+	ComponentQueryFrontend = "query-frontend"
+	ComponentStoreGateway  = "store-gateway"
+	ComponentCompactor     = "compactor"
+)
+
+// MicroservicesComponents are the Cortex targets of topology microservices, one workload each.
+var MicroservicesComponents = []string{
+	ComponentDistributor,
+	ComponentIngester,
+	ComponentQuerier,
+	ComponentQueryFrontend,
+	ComponentStoreGateway,
+	ComponentCompactor,
+}
+
+// Ports every Cortex process listens on. The controller sets Options' ports to these; tests pick free ones.
+const (
+	DefaultHTTPPort   = 8080
+	DefaultGRPCPort   = 9095
+	DefaultGossipPort = 7946
+)
+
+// Paths inside a Cortex container. The workload builder mounts the volumes at these paths.
+const (
+	// DataDir is the root of everything Cortex writes: a persistent volume for ingesters, compactors,
+	// store-gateways and the single process, an emptyDir elsewhere.
+	DataDir = "/data"
+	// ConfigFile is the rendered CortexConfig, mounted from a ConfigMap.
+	ConfigFile = "/etc/cortex/config/cortex.yaml"
+	// RuntimeConfigFile is the rendered RuntimeOverrides, mounted from a ConfigMap that Cortex re-reads
+	// every RuntimeConfigPeriod, so per-tenant limits change without a restart.
+	RuntimeConfigFile = "/etc/cortex/runtime/overrides.yaml"
+	// GCSCredentialsFile is where the key of gcs.credentialsSecret (key service-account.json) is mounted.
+	GCSCredentialsFile = "/etc/cortex/gcs/service-account.json"
+)
+
+// ClusterDomain is the DNS domain of the Kubernetes cluster's Services.
+const ClusterDomain = "cluster.local"
+
+// ComponentName is the name of a component's workload and Service, such as "metrics-ingester".
+func ComponentName(cluster, component string) string {
+	return cluster + "-" + component
+}
+
+// HeadlessServiceName is the name of a component's headless Service, which resolves to every pod.
+func HeadlessServiceName(cluster, component string) string {
+	return ComponentName(cluster, component) + "-headless"
+}
+
+// GossipRingServiceName is the headless Service selecting every Cortex pod of a cluster that takes part in
+// the memberlist ring; it must publish not-ready addresses, so pods find each other before they are ready.
+func GossipRingServiceName(cluster string) string {
+	return cluster + "-gossip-ring"
+}
+
+// ServiceAddress is host:port of a Service in the cluster's DNS.
+func ServiceAddress(service, namespace string, port int) string {
+	return fmt.Sprintf("%s.%s.svc.%s:%d", service, namespace, ClusterDomain, port)
+}
+
+// ReplicationFactor is how many ingesters receive every sample for a size preset: 1 for demo (no node may
+// be lost), 3 for small and medium.
+func ReplicationFactor(size v1alpha1.SizePreset) int {
+	if size == v1alpha1.SizeDemo || size == "" {
+		return 1
+	}
+	return 3
+}
