@@ -88,3 +88,44 @@ func ReplicationFactor(size v1alpha1.SizePreset) int {
 	}
 	return 3
 }
+
+// ComponentGateway is the authenticating HTTPS gateway in front of Cortex (cmd/gateway).
+const ComponentGateway = "gateway"
+
+// Ports of the gateway: HTTPS for tenants' traffic, plain HTTP for /metrics and probes inside the cluster.
+const (
+	GatewayHTTPSPort    = 8443
+	GatewayInternalPort = 8081
+)
+
+// Objects the controller keeps for a cluster besides the workloads.
+func CortexConfigMapName(cluster string) string  { return cluster + "-cortex-config" }
+func RuntimeConfigMapName(cluster string) string { return cluster + "-cortex-runtime" }
+func CASecretName(cluster string) string         { return cluster + "-ca" }
+func GatewayTLSSecretName(cluster string) string { return cluster + "-gateway-tls" }
+
+// SigningKeysSecretName holds the cluster's token signing keys: one PEM per key, under "<key id>.pem", and
+// the id of the key that signs new tokens under SigningKeyCurrentKey. Older keys stay to verify old tokens.
+func SigningKeysSecretName(cluster string) string { return cluster + "-token-signing-keys" }
+
+const SigningKeyCurrentKey = "current"
+
+// GatewayAuthSecretName is what the gateway watches through the API server: the public key set
+// (GatewayAuthKeysKey, a JWKS) and the tenant list (GatewayAuthTenantsKey, gateway.TenantList as JSON).
+// Watching instead of mounting makes a new, revoked or deleted tenant count within a second; a mounted
+// volume can take a minute to be updated by the kubelet.
+func GatewayAuthSecretName(cluster string) string { return cluster + "-gateway-auth" }
+
+const (
+	GatewayAuthKeysKey    = "keys.json"
+	GatewayAuthTenantsKey = "tenants.json"
+)
+
+// TenantTokenSecretName holds a tenant's current token under the key TenantTokenKey.
+func TenantTokenSecretName(tenant string) string { return "tenant-" + tenant + "-token" }
+
+const TenantTokenKey = "token"
+
+// TokenAudience is the aud claim of the tokens of a cluster: tokens of another cluster, even one of the same
+// name in another namespace, are refused.
+func TokenAudience(namespace, cluster string) string { return namespace + "/" + cluster }
