@@ -5,6 +5,9 @@ ETCD_VERSION ?= v3.7.3
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 # The Cortex release the controller runs by default; tests run this binary for real.
 CORTEX_VERSION ?= v1.21.1
+# CRDs the controller tests install, from these projects' Go modules.
+CERT_MANAGER_VERSION ?= v1.21.2
+PROMETHEUS_OPERATOR_VERSION ?= v0.94.1
 
 export GOTOOLCHAIN := local
 export CGO_ENABLED := 0
@@ -61,6 +64,8 @@ test-tools: ## Build (once per machine) kube-apiserver, etcd, kubectl and Cortex
 	hack/install-tool.sh kubectl $(KUBERNETES_VERSION)
 	hack/install-tool.sh etcd $(ETCD_VERSION)
 	hack/install-tool.sh cortex $(CORTEX_VERSION)
+	hack/install-tool.sh cert-manager-crds $(CERT_MANAGER_VERSION)
+	hack/install-tool.sh prometheus-operator-crds $(PROMETHEUS_OPERATOR_VERSION)
 
 .PHONY: controller-gen
 controller-gen:

@@ -74,6 +74,15 @@ case "$name" in
     (cd "$work" && go build -trimpath -tags netgo,slicelabels -ldflags "-s -w" -o "$target.tmp" \
       github.com/cortexproject/cortex/cmd/cortex)
     ;;
+  cert-manager-crds|prometheus-operator-crds)
+    # CRD manifests shipped inside the projects' Go modules, for tests that need the kinds to exist.
+    case "$name" in
+      cert-manager-crds) module=github.com/cert-manager/cert-manager; sub=deploy/crds ;;
+      prometheus-operator-crds) module=github.com/prometheus-operator/prometheus-operator; sub=example/prometheus-operator-crd ;;
+    esac
+    dir=$(cd "$work" && go mod download -json "$module@$version" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+    ln -sfn "$dir/$sub" "$target.tmp"
+    ;;
   controller-gen)
     wrapper sigs.k8s.io/controller-tools "$version"
     (cd "$work" && go build -trimpath -o "$target.tmp" sigs.k8s.io/controller-tools/cmd/controller-gen)
@@ -83,6 +92,6 @@ case "$name" in
     exit 2
     ;;
 esac
-mv "$target.tmp" "$target"
+mv -T "$target.tmp" "$target"
 echo ">> built $name $version in $((SECONDS - start))s" >&2
 link

@@ -10,3 +10,26 @@ const (
 	// ConditionDegraded is True when something the user must fix stops the controller, with the reason.
 	ConditionDegraded = "Degraded"
 )
+
+// Reasons of conditions. They are stable identifiers; messages carry the details.
+const (
+	ReasonReady                    = "Ready"
+	ReasonNotReady                 = "NotReady"
+	ReasonReconciling              = "Reconciling"
+	ReasonUpToDate                 = "UpToDate"
+	ReasonRollingOut               = "RollingOut"
+	ReasonNoProblem                = "NoProblem"
+	ReasonCredentialsSecretMissing = "CredentialsSecretMissing"
+	ReasonCredentialsSecretInvalid = "CredentialsSecretInvalid"
+	ReasonClusterNotFound          = "ClusterNotFound"
+	ReasonClusterAmbiguous         = "ClusterAmbiguous"
+	ReasonClusterNotReady          = "ClusterNotReady"
+	ReasonInvalidLimits            = "InvalidLimits"
+	ReasonMonitoringUnavailable    = "MonitoringUnavailable"
+	ReasonMonitoringConfigured     = "MonitoringConfigured"
+	ReasonCertManagerUnavailable   = "CertManagerUnavailable"
+	ReasonApplyFailed              = "ApplyFailed"
+)
+
+// ConditionMonitoring says whether ServiceMonitors and alerts are set up for the cluster.
+const ConditionMonitoring = "Monitoring"

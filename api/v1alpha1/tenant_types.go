@@ -65,9 +65,17 @@ type TenantStatus struct {
 	// +optional
 	ClusterName string `json:"clusterName,omitempty"`
 
-	// TokenSecretName is the Secret in this namespace that holds the tenant's current token.
+	// TokenSecretName is the Secret in this namespace that holds the tenant's current token (key "token").
 	// +optional
 	TokenSecretName string `json:"tokenSecretName,omitempty"`
+
+	// RemoteWriteURL is where Prometheus sends this tenant's samples, with the token as bearer token.
+	// +optional
+	RemoteWriteURL string `json:"remoteWriteURL,omitempty"`
+
+	// QueryURL is the Prometheus HTTP API of this tenant: the URL of a Grafana Prometheus data source.
+	// +optional
+	QueryURL string `json:"queryURL,omitempty"`
 
 	// Conditions: Ready and Degraded.
 	// +listType=map

@@ -15,6 +15,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	opstracev1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
+	"github.com/opstrace/opstrace/controllers"
 	"github.com/opstrace/opstrace/internal/version"
 )
 
@@ -24,13 +25,15 @@ import (
 
 func main() {
 	var (
-		metricsAddr string
-		probeAddr   string
-		leaderElect bool
+		metricsAddr  string
+		probeAddr    string
+		leaderElect  bool
+		gatewayImage string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address the metrics endpoint binds to; 0 turns it off.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the health probes bind to.")
 	flag.BoolVar(&leaderElect, "leader-elect", true, "Elect a leader, so that only one replica reconciles at a time.")
+	flag.StringVar(&gatewayImage, "gateway-image", "opstrace/opstrace-gateway:"+version.Version, "Image of opstrace-gateway deployed for every MetricsCluster.")
 	logOptions := zap.Options{}
 	logOptions.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -51,6 +54,16 @@ func main() {
 	})
 	if err != nil {
 		log.Error(err, "unable to create the manager")
+		os.Exit(1)
+	}
+	if err := (&controllers.MetricsClusterReconciler{
+		Client: mgr.GetClient(), Scheme: mgr.GetScheme(), RESTMapper: mgr.GetRESTMapper(), GatewayImage: gatewayImage,
+	}).SetupWithManager(mgr); err != nil {
+		log.Error(err, "unable to set up the MetricsCluster controller")
+		os.Exit(1)
+	}
+	if err := (&controllers.TenantReconciler{Client: mgr.GetClient(), Scheme: mgr.GetScheme()}).SetupWithManager(mgr); err != nil {
+		log.Error(err, "unable to set up the Tenant controller")
 		os.Exit(1)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

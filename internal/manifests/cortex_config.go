@@ -408,3 +408,10 @@ func RuntimeOverrides(defaults v1alpha1.TenantLimits, tenants map[string]v1alpha
 	}
 	return out.Bytes(), nil
 }
+
+// IngestionLimits are a tenant's ingestion rate and burst in samples per second, resolved as RuntimeOverrides
+// resolves them, so the gateway refuses exactly what Cortex would.
+func IngestionLimits(defaults, tenant v1alpha1.TenantLimits) (rate, burst int64) {
+	limits := resolveLimits(defaults, tenant)
+	return limits.IngestionRate, limits.IngestionBurstSize
+}

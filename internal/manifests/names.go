@@ -129,3 +129,37 @@ const TenantTokenKey = "token"
 // TokenAudience is the aud claim of the tokens of a cluster: tokens of another cluster, even one of the same
 // name in another namespace, are refused.
 func TokenAudience(namespace, cluster string) string { return namespace + "/" + cluster }
+
+// ServiceAccounts: Cortex pods never call the API server (no token is mounted); the gateway watches its auth
+// Secret and the Cortex EndpointSlices, so it gets a token and a Role.
+func CortexServiceAccountName(cluster string) string  { return cluster + "-cortex" }
+func GatewayServiceAccountName(cluster string) string { return cluster + "-gateway" }
+
+// GatewayRoleName names both the gateway's Role and its RoleBinding.
+func GatewayRoleName(cluster string) string { return cluster + "-gateway" }
+
+// GatewayMetricsServiceName is the ClusterIP Service of the gateway's internal port when the gateway's own
+// Service is a LoadBalancer or NodePort, so /metrics is never exposed outside the Kubernetes cluster.
+func GatewayMetricsServiceName(cluster string) string { return cluster + "-gateway-metrics" }
+
+// CortexNetworkPolicyName is the NetworkPolicy that admits traffic to the Cortex pods of a cluster.
+func CortexNetworkPolicyName(cluster string) string { return cluster + "-cortex" }
+
+// PrometheusRuleName is the PrometheusRule holding the cluster's alerts.
+func PrometheusRuleName(cluster string) string { return cluster + "-alerts" }
+
+// Keys of the ConfigMaps CortexConfigMapName and RuntimeConfigMapName.
+const (
+	CortexConfigKey  = "cortex.yaml"
+	RuntimeConfigKey = "overrides.yaml"
+)
+
+// Gateway paths: the TLS Secret GatewayTLSSecretName is mounted at GatewayTLSDir.
+const (
+	GatewayTLSDir      = "/etc/opstrace/tls"
+	GatewayTLSCertFile = GatewayTLSDir + "/tls.crt"
+	GatewayTLSKeyFile  = GatewayTLSDir + "/tls.key"
+)
+
+// CortexImage is the Cortex container image of a release such as v1.21.1.
+func CortexImage(version string) string { return "cortexproject/cortex:" + version }

@@ -39,8 +39,16 @@ func RepoRoot() string {
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
-// Start starts etcd and kube-apiserver on 127.0.0.1 and installs the CRDs from config/crd/bases.
-func Start() (*Env, error) {
+// ThirdPartyCRDs are the cert-manager and prometheus-operator CRDs that `make test-tools` links into bin/
+// from those projects' Go modules.
+func ThirdPartyCRDs() []string {
+	bin := filepath.Join(RepoRoot(), "bin")
+	return []string{filepath.Join(bin, "cert-manager-crds"), filepath.Join(bin, "prometheus-operator-crds")}
+}
+
+// Start starts etcd and kube-apiserver on 127.0.0.1 and installs the CRDs from config/crd/bases and from
+// extraCRDDirs.
+func Start(extraCRDDirs ...string) (*Env, error) {
 	root := RepoRoot()
 	assets := os.Getenv("KUBEBUILDER_ASSETS")
 	if assets == "" {
@@ -53,13 +61,19 @@ func Start() (*Env, error) {
 		}
 	}
 
+	for _, dir := range extraCRDDirs {
+		if _, err := os.Stat(dir); err != nil {
+			return nil, fmt.Errorf("CRDs not found in %s: run `make test-tools` once", dir)
+		}
+	}
+
 	scheme := apiruntime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
 	utilruntime.Must(opstracev1alpha1.AddToScheme(scheme))
 
 	environment := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
-		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
+		CRDDirectoryPaths:     append([]string{filepath.Join(root, "config", "crd", "bases")}, extraCRDDirs...),
 		ErrorIfCRDPathMissing: true,
 		Scheme:                scheme,
 	}
