@@ -1,5 +1,22 @@
 // Command opstrace-gateway is a cluster's one HTTPS endpoint: it authenticates tenant tokens and proxies
-// Prometheus remote write and queries to Cortex. Wiring only: flags, files, listeners.
+// Prometheus remote write and queries to Cortex. Wiring only: flags, files, API server watches, listeners.
+//
+// It reads from the API server, with its ServiceAccount in a Pod or with --kubeconfig outside one (the local
+// cluster runs it as a process): the auth Secret (key set and tenant list), so a tenant change counts within a
+// second, and the EndpointSlices of the Cortex Services, so it needs neither cluster DNS nor kube-proxy. The
+// RBAC it needs, a Role in --namespace bound to its ServiceAccount:
+//
+//	rules:
+//	- apiGroups: [""]
+//	  resources: [secrets]
+//	  resourceNames: [<--auth-secret>]
+//	  verbs: [get, list, watch]
+//	- apiGroups: [discovery.k8s.io]
+//	  resources: [endpointslices]
+//	  verbs: [list, watch]
+//
+// (list and watch of one Secret by name are allowed by resourceNames since the client sends the name as a
+// metadata.name field selector.)
 package main
 
 import (
@@ -11,15 +28,18 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/opstrace/opstrace/internal/gateway"
+	"github.com/opstrace/opstrace/internal/manifests"
 	"github.com/opstrace/opstrace/internal/version"
 )
 
@@ -36,11 +56,13 @@ func run() error {
 		internalListen  = flag.String("internal-listen-address", ":8081", "Plain-HTTP address for /metrics and probes; keep it off the public network.")
 		certFile        = flag.String("tls-cert-file", "/etc/opstrace/tls/tls.crt", "Serving certificate (PEM); reloaded when it changes.")
 		keyFile         = flag.String("tls-key-file", "/etc/opstrace/tls/tls.key", "Serving key (PEM); reloaded when it changes.")
-		keysFile        = flag.String("keys-file", "/etc/opstrace/auth/keys.json", "JSON Web Key Set that verifies tenant tokens; reloaded when it changes.")
-		tenantsFile     = flag.String("tenants-file", "/etc/opstrace/auth/tenants.json", "Tenant list written by the controller; reloaded when it changes.")
+		kubeconfig      = flag.String("kubeconfig", "", "Kubeconfig to reach the API server outside a Pod; empty means the Pod's ServiceAccount.")
+		namespace       = flag.String("namespace", "", "Namespace of the auth Secret and of the Cortex Services. Required.")
+		authSecret      = flag.String("auth-secret", "", "Secret holding the key set ("+manifests.GatewayAuthKeysKey+") and tenant list ("+manifests.GatewayAuthTenantsKey+"), watched through the API server. Required.")
 		audience        = flag.String("audience", "", "The cluster's name in tokens (their aud claim). Required.")
-		distributor     = flag.String("distributor-url", "", "Comma-separated base URLs of Cortex distributors. Required.")
-		queryFrontend   = flag.String("query-frontend-url", "", "Comma-separated base URLs of Cortex query-frontends. Required.")
+		distributor     = flag.String("distributor-service", "", "Service of the Cortex distributors; remote write goes to its ready endpoints. Required.")
+		queryFrontend   = flag.String("query-frontend-service", "", "Service of the Cortex query-frontends; queries go to its ready endpoints. Required.")
+		portName        = flag.String("upstream-port-name", "http", "Name of the Cortex Services' HTTP port.")
 		maxBodyBytes    = flag.Int64("max-body-bytes", 16<<20, "Largest request body accepted.")
 		upstreamTimeout = flag.Duration("upstream-timeout", 2*time.Minute, "Deadline of every call to Cortex.")
 		showVersion     = flag.Bool("version", false, "Print the version and exit.")
@@ -50,38 +72,62 @@ func run() error {
 		fmt.Println("opstrace-gateway", version.Version)
 		return nil
 	}
-	if *audience == "" {
-		return errors.New("--audience is required: the cluster name tokens are issued for")
+	for _, required := range []struct{ name, value string }{
+		{"audience", *audience}, {"namespace", *namespace}, {"auth-secret", *authSecret},
+		{"distributor-service", *distributor}, {"query-frontend-service", *queryFrontend},
+	} {
+		if required.value == "" {
+			return fmt.Errorf("--%s is required (see --help)", required.name)
+		}
 	}
-	distributors, err := gateway.NewUpstream("distributor", splitList(*distributor))
+
+	config, err := restConfig(*kubeconfig)
 	if err != nil {
-		return fmt.Errorf("--distributor-url: %w", err)
+		return err
 	}
-	queryFrontends, err := gateway.NewUpstream("query-frontend", splitList(*queryFrontend))
+	config.UserAgent = "opstrace-gateway/" + version.Version
+	client, err := kubernetes.NewForConfig(config)
 	if err != nil {
-		return fmt.Errorf("--query-frontend-url: %w", err)
+		return fmt.Errorf("API server client: %w", err)
 	}
 
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	auth := gateway.NewAuthenticator(*audience, nil)
-	sources := gateway.NewSources(auth, *certFile, *keyFile, *keysFile, *tenantsFile, log)
-	if err := sources.Load(); err != nil {
+	certificate := gateway.NewCertificate(*certFile, *keyFile, log)
+	if err := certificate.Load(); err != nil {
 		return err
 	}
 
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	auth := gateway.NewAuthenticator(*audience, nil)
+	watcher, err := gateway.NewAuthWatcher(client, gateway.AuthSecret{
+		Namespace: *namespace, Name: *authSecret,
+		KeysKey: manifests.GatewayAuthKeysKey, TenantsKey: manifests.GatewayAuthTenantsKey,
+	}, auth, registry, log)
+	if err != nil {
+		return err
+	}
+	distributors, _ := gateway.NewUpstream("distributor", nil)
+	queryFrontends, _ := gateway.NewUpstream("query-frontend", nil)
+	discovery, err := gateway.NewDiscovery(client, *namespace, *portName, log,
+		gateway.ServiceUpstream{Service: *distributor, Upstream: distributors},
+		gateway.ServiceUpstream{Service: *queryFrontend, Upstream: queryFrontends})
+	if err != nil {
+		return err
+	}
 	handler := gateway.NewHandler(gateway.Config{
 		Distributor: distributors, QueryFrontend: queryFrontends,
 		MaxBodyBytes: *maxBodyBytes, UpstreamTimeout: *upstreamTimeout,
-	}, auth, registry, sources.Ready)
+	}, auth, registry, func() bool { return certificate.Loaded() && watcher.Loaded() })
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	go sources.Watch(ctx, gateway.ReloadInterval)
+	go certificate.Watch(ctx, gateway.ReloadInterval)
+	go watcher.Run(ctx)
+	go discovery.Run(ctx)
 
 	public := &http.Server{
-		Addr: *listen, Handler: handler, TLSConfig: sources.TLSConfig(),
+		Addr: *listen, Handler: handler, TLSConfig: certificate.TLSConfig(),
 		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 	}
 	internalMux := http.NewServeMux()
@@ -92,7 +138,8 @@ func run() error {
 	errs := make(chan error, 2)
 	go func() { errs <- public.ListenAndServeTLS("", "") }()
 	go func() { errs <- internal.ListenAndServe() }()
-	log.Info("opstrace-gateway serving", "version", version.Version, "address", *listen, "internal", *internalListen)
+	log.Info("opstrace-gateway serving", "version", version.Version, "address", *listen, "internal", *internalListen,
+		"namespace", *namespace, "authSecret", *authSecret)
 
 	select {
 	case err := <-errs:
@@ -104,12 +151,18 @@ func run() error {
 	return errors.Join(public.Shutdown(shutdown), internal.Shutdown(shutdown))
 }
 
-func splitList(s string) []string {
-	var out []string
-	for _, item := range strings.Split(s, ",") {
-		if item = strings.TrimSpace(item); item != "" {
-			out = append(out, item)
+// restConfig is the Pod's ServiceAccount, or the kubeconfig when one is given.
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		config, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("--kubeconfig %s: %w", kubeconfig, err)
 		}
+		return config, nil
 	}
-	return out
+	config, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("not in a Pod (%w): pass --kubeconfig to reach the API server", err)
+	}
+	return config, nil
 }

@@ -5,18 +5,15 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"sync/atomic"
 	"time"
-
-	"github.com/opstrace/opstrace/internal/tokens"
 )
 
-// ReloadInterval is how often mounted files are checked. Polling, unlike inotify, sees the symlink swap by
-// which the kubelet updates Secret and ConfigMap volumes, and reading a few small files costs nothing.
+// ReloadInterval is how often the mounted certificate files are checked. Polling, unlike inotify, sees the
+// symlink swap by which the kubelet updates Secret volumes, and reading two small files costs nothing.
 const ReloadInterval = 250 * time.Millisecond
 
 // fileSource reads a set of files and hands their contents to apply whenever any of them changes. A bad update
@@ -56,70 +53,44 @@ func (s *fileSource) check(log *slog.Logger) {
 	log.Info("loaded " + s.name)
 }
 
-// Sources are the files the gateway serves from: TLS certificate and key, verification keys, tenant list.
-type Sources struct {
+// Certificate is the gateway's serving certificate and key, read from mounted files and re-read when they
+// change, so that a renewed certificate is served without a restart. (The key set and tenant list are not
+// files: see AuthWatcher.)
+type Certificate struct {
 	certificate atomic.Pointer[tls.Certificate]
-	files       []*fileSource
+	file        *fileSource
 	log         *slog.Logger
 }
 
-// NewSources prepares the gateway's files; Load reads them the first time, Watch keeps them current.
-func NewSources(auth *Authenticator, certFile, keyFile, keysFile, tenantsFile string, log *slog.Logger) *Sources {
-	s := &Sources{log: log}
-	s.files = []*fileSource{
-		{name: "TLS certificate", paths: []string{certFile, keyFile}, apply: func(c [][]byte) error {
-			pair, err := tls.X509KeyPair(c[0], c[1])
-			if err != nil {
-				return fmt.Errorf("certificate and key do not form a pair (yet): %w", err)
-			}
-			s.certificate.Store(&pair)
-			return nil
-		}},
-		{name: "verification key set", paths: []string{keysFile}, apply: func(c [][]byte) error {
-			keys, err := tokens.ParseJWKS(c[0])
-			if err != nil {
-				return err
-			}
-			auth.SetKeys(keys)
-			return nil
-		}},
-		{name: "tenant list", paths: []string{tenantsFile}, apply: func(c [][]byte) error {
-			list, err := ParseTenantList(c[0])
-			if err != nil {
-				return err
-			}
-			auth.SetTenants(list)
-			return nil
-		}},
-	}
-	return s
+// NewCertificate prepares the certificate files; Load reads them the first time, Watch keeps them current.
+func NewCertificate(certFile, keyFile string, log *slog.Logger) *Certificate {
+	c := &Certificate{log: log}
+	c.file = &fileSource{name: "TLS certificate", paths: []string{certFile, keyFile}, apply: func(contents [][]byte) error {
+		pair, err := tls.X509KeyPair(contents[0], contents[1])
+		if err != nil {
+			return fmt.Errorf("certificate and key do not form a pair (yet): %w", err)
+		}
+		c.certificate.Store(&pair)
+		return nil
+	}}
+	return c
 }
 
-// Load reads every file once and fails when any is missing or invalid, so a misconfigured gateway does not
+// Load reads the files once and fails when they are missing or invalid, so a misconfigured gateway does not
 // start.
-func (s *Sources) Load() error {
-	var errs []error
-	for _, f := range s.files {
-		f.check(s.log)
-		if !f.loaded.Load() {
-			errs = append(errs, fmt.Errorf("%s from %v could not be loaded", f.name, f.paths))
-		}
+func (c *Certificate) Load() error {
+	c.file.check(c.log)
+	if !c.file.loaded.Load() {
+		return fmt.Errorf("%s from %v could not be loaded", c.file.name, c.file.paths)
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
-// Ready reports whether every file has been loaded once.
-func (s *Sources) Ready() bool {
-	for _, f := range s.files {
-		if !f.loaded.Load() {
-			return false
-		}
-	}
-	return true
-}
+// Loaded reports whether the certificate has been loaded once.
+func (c *Certificate) Loaded() bool { return c.file.loaded.Load() }
 
 // Watch re-reads the files every interval until ctx ends.
-func (s *Sources) Watch(ctx context.Context, interval time.Duration) {
+func (c *Certificate) Watch(ctx context.Context, interval time.Duration) {
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for {
@@ -127,20 +98,18 @@ func (s *Sources) Watch(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-ticker.C:
-			for _, f := range s.files {
-				f.check(s.log)
-			}
+			c.file.check(c.log)
 		}
 	}
 }
 
 // TLSConfig serves the current certificate, so a renewed one is used without a restart.
-func (s *Sources) TLSConfig() *tls.Config {
+func (c *Certificate) TLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: []string{"h2", "http/1.1"},
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return s.certificate.Load(), nil
+			return c.certificate.Load(), nil
 		},
 	}
 }

@@ -11,12 +11,12 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,36 +40,17 @@ type Config struct {
 	MaxBodyBytes int64
 	// UpstreamTimeout bounds every call to Cortex.
 	UpstreamTimeout time.Duration
+	// DialContext connects to Cortex; nil means the standard library's dialer. Tests use it to reach
+	// loopback servers through the addresses of EndpointSlices, where the API server refuses 127.0.0.0/8.
+	DialContext func(ctx context.Context, network, address string) (net.Conn, error)
 }
 
-// Upstream is a set of equivalent backends, used round-robin.
-type Upstream struct {
-	Name    string
-	targets []*url.URL
-	next    atomic.Uint64
-}
-
-// NewUpstream parses the base URLs of the backends of one component.
-func NewUpstream(name string, rawURLs []string) (*Upstream, error) {
-	if len(rawURLs) == 0 {
-		return nil, fmt.Errorf("upstream %s: no URL given", name)
-	}
-	u := &Upstream{Name: name}
-	for _, raw := range rawURLs {
-		target, err := url.Parse(raw)
-		if err != nil || target.Scheme == "" || target.Host == "" {
-			return nil, fmt.Errorf("upstream %s: %q is not a URL like http://host:port", name, raw)
-		}
-		u.targets = append(u.targets, target)
-	}
-	return u, nil
-}
-
-func (u *Upstream) pick() *url.URL {
-	return u.targets[(u.next.Add(1)-1)%uint64(len(u.targets))]
-}
-
-type tenantKey struct{}
+type (
+	tenantKey struct{}
+	// targetKey carries the backend picked for a request from the handler, which answers 503 when there is
+	// none, to the proxy's Rewrite.
+	targetKey struct{}
+)
 
 // Handler serves the gateway's routes.
 type Handler struct {
@@ -81,7 +62,7 @@ type Handler struct {
 	ready    func() bool
 }
 
-// NewHandler wires the routes. ready reports whether keys and tenants have been loaded.
+// NewHandler wires the routes. ready reports whether the TLS certificate and the auth Secret have been loaded.
 func NewHandler(cfg Config, auth *Authenticator, registerer prometheus.Registerer, ready func() bool) *Handler {
 	h := &Handler{cfg: cfg, auth: auth, metrics: newMetrics(registerer), limiters: newLimiters(), ready: ready}
 	write := h.proxy(cfg.Distributor, "")
@@ -111,7 +92,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.Serv
 
 func (h *Handler) serveReady(w http.ResponseWriter, _ *http.Request) {
 	if !h.ready() {
-		writeError(w, http.StatusServiceUnavailable, "not_ready", "waiting for the key set and tenant list")
+		writeError(w, http.StatusServiceUnavailable, "not_ready", "waiting for the TLS certificate and the auth Secret (key set and tenant list)")
 		return
 	}
 	_, _ = io.WriteString(w, "ready\n")
@@ -187,10 +168,13 @@ func (h *Handler) proxy(upstream *Upstream, prefix string) http.Handler {
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.ResponseHeaderTimeout = h.cfg.UpstreamTimeout
 	transport.MaxIdleConnsPerHost = 256
+	if h.cfg.DialContext != nil {
+		transport.DialContext = h.cfg.DialContext
+	}
 	proxy := &httputil.ReverseProxy{
 		Transport: transport,
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			target := upstream.pick()
+			target := pr.In.Context().Value(targetKey{}).(*url.URL)
 			pr.Out.URL.Scheme = target.Scheme
 			pr.Out.URL.Host = target.Host
 			pr.Out.URL.Path = target.Path + prefix + pr.In.URL.Path
@@ -209,7 +193,12 @@ func (h *Handler) proxy(upstream *Upstream, prefix string) http.Handler {
 		},
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), h.cfg.UpstreamTimeout)
+		target := upstream.pick()
+		if target == nil {
+			writeError(w, http.StatusServiceUnavailable, "unavailable", "no ready "+upstream.Name+" endpoints")
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.WithValue(r.Context(), targetKey{}, target), h.cfg.UpstreamTimeout)
 		defer cancel()
 		proxy.ServeHTTP(w, r.WithContext(ctx))
 	})

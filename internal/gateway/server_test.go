@@ -28,7 +28,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/opstrace/opstrace/internal/remotewrite"
-	"github.com/opstrace/opstrace/internal/tokens"
 )
 
 // recorder stands in for a Cortex component where only what the gateway forwards matters; the integration
@@ -268,32 +267,26 @@ func writeFile(t *testing.T, path string, data []byte) {
 	}
 }
 
-func TestCertificateKeysAndTenantsReloadWithoutRestart(t *testing.T) {
+func TestCertificateReloadsWithoutRestart(t *testing.T) {
 	g := newGatewayFixture(t, 1<<20)
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	keysFile, tenantsFile := filepath.Join(dir, "keys.json"), filepath.Join(dir, "tenants.json")
 	selfSigned(t, certFile, keyFile, "first")
-	jwks, _ := tokens.KeySet{g.key.ID: g.key.Public()}.MarshalJWKS()
-	writeFile(t, keysFile, jwks)
-	writeFile(t, tenantsFile, []byte(`{"tenants":{"team-a":{}}}`))
 
-	auth := NewAuthenticator(testAudience, nil)
-	sources := NewSources(auth, certFile, keyFile, keysFile, tenantsFile, slog.New(slog.DiscardHandler))
-	if err := sources.Load(); err != nil {
+	certificate := NewCertificate(certFile, keyFile, slog.New(slog.DiscardHandler))
+	if err := certificate.Load(); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	watching := make(chan struct{})
-	go func() { sources.Watch(ctx, 20*time.Millisecond); close(watching) }()
+	go func() { certificate.Watch(ctx, 20*time.Millisecond); close(watching) }()
 	defer cancel()
 
-	g.handler.auth = auth
 	listener, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	server := &http.Server{Handler: g.handler, TLSConfig: sources.TLSConfig()}
+	server := &http.Server{Handler: g.handler, TLSConfig: certificate.TLSConfig()}
 	go func() { _ = server.ServeTLS(listener, "", "") }()
 	t.Cleanup(func() { _ = server.Close() })
 
@@ -301,7 +294,7 @@ func TestCertificateKeysAndTenantsReloadWithoutRestart(t *testing.T) {
 		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // the test checks which certificate is served
 		ForceAttemptHTTP2: true, DisableKeepAlives: true,
 	}}
-	get := func() (*http.Response, string) {
+	served := func() string {
 		t.Helper()
 		req, _ := http.NewRequest("GET", "https://"+listener.Addr().String()+"/api/v1/labels", nil)
 		req.Header.Set("Authorization", "Bearer "+g.valid)
@@ -311,41 +304,34 @@ func TestCertificateKeysAndTenantsReloadWithoutRestart(t *testing.T) {
 		}
 		body, _ := io.ReadAll(res.Body)
 		res.Body.Close()
-		return res, string(body)
+		if res.StatusCode != 200 || res.ProtoMajor != 2 {
+			t.Fatalf("GET /api/v1/labels: %d %s over HTTP/%d", res.StatusCode, body, res.ProtoMajor)
+		}
+		return res.TLS.PeerCertificates[0].Subject.CommonName
 	}
-	res, body := get()
-	if res.StatusCode != 200 || res.TLS.PeerCertificates[0].Subject.CommonName != "first" || res.ProtoMajor != 2 {
-		t.Fatalf("before reload: %d %s, certificate %q, HTTP/%d", res.StatusCode, body, res.TLS.PeerCertificates[0].Subject.CommonName, res.ProtoMajor)
+	if got := served(); got != "first" {
+		t.Fatalf("serving certificate %q, want first", got)
 	}
 
 	selfSigned(t, certFile, keyFile, "second")
-	writeFile(t, tenantsFile, []byte(`{"tenants":{"team-a":{"suspended":true}}}`))
-	eventually(t, func() bool {
-		res, _ := get()
-		return res.TLS.PeerCertificates[0].Subject.CommonName == "second" && res.StatusCode == http.StatusForbidden
-	}, "the new certificate and the suspension to take effect")
+	eventually(t, func() bool { return served() == "second" }, "the new certificate to be served")
 
 	// From here the files are checked synchronously, to know exactly which update has been seen.
 	cancel()
 	<-watching
-	checkAll := func() {
-		for _, f := range sources.files {
-			f.check(sources.log)
-		}
+	writeFile(t, certFile, []byte("-----BEGIN CERTIFICATE-----\nhalf-written\n"))
+	certificate.file.check(certificate.log)
+	if got := served(); got != "second" || !certificate.Loaded() {
+		t.Fatalf("after an invalid certificate: serving %q (loaded %v), want the previous one (second) kept", got, certificate.Loaded())
 	}
-	writeFile(t, tenantsFile, []byte(`{"tenants": {"team-a": {}}, "unexpected": 1}`))
-	checkAll()
-	if res, _ := get(); res.StatusCode != http.StatusForbidden {
-		t.Fatalf("after an invalid tenant list: %d, want the previous list (team-a suspended, 403) kept", res.StatusCode)
-	}
-	writeFile(t, keysFile, []byte(`{"keys":[]}`))
-	checkAll()
-	if res, body := get(); res.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "unknown key id") {
-		t.Fatalf("after the key was removed: %d %s, want 401 unknown key id", res.StatusCode, body)
+	selfSigned(t, certFile, keyFile, "third")
+	certificate.file.check(certificate.log)
+	if got := served(); got != "third" {
+		t.Fatalf("after a valid certificate again: serving %q, want third", got)
 	}
 }
 
-// eventually polls cond for up to five seconds; reloads happen every 20 ms in these tests.
+// eventually polls cond for up to five seconds; the certificate is re-read every 20 ms in these tests.
 func eventually(t *testing.T, cond func() bool, what string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
