@@ -104,3 +104,17 @@ func (e *Env) Kubectl(args ...string) (string, error) {
 	}
 	return out.String(), err
 }
+
+// WriteKubeconfig writes a kubeconfig of a cluster administrator (group system:masters) to path, for tools
+// that take a kubeconfig file, such as Helm.
+func (e *Env) WriteKubeconfig(path string) error {
+	user, err := e.environment.AddUser(envtest.User{Name: "test-admin", Groups: []string{"system:masters"}}, e.Config)
+	if err != nil {
+		return fmt.Errorf("add admin user: %w", err)
+	}
+	data, err := user.KubeConfig()
+	if err != nil {
+		return fmt.Errorf("admin kubeconfig: %w", err)
+	}
+	return os.WriteFile(path, data, 0o600)
+}
