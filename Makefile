@@ -25,21 +25,24 @@ help: ## Show the targets.
 
 ##@ Quick start
 
+LOCAL_CLUSTER ?= demo
+
 .PHONY: run
-run: build ## Run the whole distribution on this machine (opstrace create local).
-	@echo "make run: 'opstrace create local' is not built yet (local-cluster issue); the CLI and controller are built in bin/." >&2
-	@exit 1
+run: build test-tools ## Run the whole distribution on this machine (opstrace create local demo).
+	bin/opstrace create local $(LOCAL_CLUSTER)
 
 .PHONY: test
-test: verify test-tools ## Run every test against a real kube-apiserver and etcd.
+test: verify build test-tools ## Run every test: real kube-apiserver, etcd, Cortex and the local cluster.
 	go test $(GO_TEST_FLAGS) ./...
 
 ##@ Development
 
 .PHONY: build
-build: ## Build bin/opstrace (the CLI) and bin/opstrace-controller.
+build: ## Build bin/opstrace (the CLI), bin/opstrace-controller, bin/opstrace-gateway and bin/opstrace-node-agent.
 	go build -o bin/opstrace ./cmd/installer
 	go build -o bin/opstrace-controller ./cmd/controller
+	go build -o bin/opstrace-gateway ./cmd/gateway
+	go build -o bin/opstrace-node-agent ./cmd/node-agent
 
 .PHONY: manifests
 manifests: controller-gen ## Regenerate CRDs and RBAC into config/ and the Helm chart.
@@ -61,6 +64,8 @@ verify: controller-gen ## Fail when generated files, formatting, go.mod or go ve
 .PHONY: test-tools
 test-tools: ## Build (once per machine) kube-apiserver, etcd, kubectl and Cortex for tests.
 	hack/install-tool.sh kube-apiserver $(KUBERNETES_VERSION)
+	hack/install-tool.sh kube-controller-manager $(KUBERNETES_VERSION)
+	hack/install-tool.sh kube-scheduler $(KUBERNETES_VERSION)
 	hack/install-tool.sh kubectl $(KUBERNETES_VERSION)
 	hack/install-tool.sh etcd $(ETCD_VERSION)
 	hack/install-tool.sh cortex $(CORTEX_VERSION)

@@ -17,7 +17,8 @@ func NewRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCommand())
+	root.AddCommand(newVersionCommand(), newCreateCommand(), newDestroyCommand(), newStatusCommand(),
+		newListCommand(), newTenantCommand(), newLocalCommand())
 	return root
 }
 

@@ -1,0 +1,218 @@
+// Package e2e runs the distribution for real on this machine: `opstrace create local` with the binaries of
+// bin/ (make build test-tools), then traffic through the gateway with real remote-write and PromQL clients.
+package e2e
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opstrace/opstrace/internal/remotewrite"
+	"github.com/opstrace/opstrace/internal/testenv"
+)
+
+type localCluster struct {
+	t          *testing.T
+	name, home string
+	bin        string
+	gatewayURL string
+	caFile     string
+	kubeconfig string
+	client     *http.Client
+}
+
+func (c *localCluster) opstrace(args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(c.bin, "opstrace"), args...)
+	cmd.Env = append(os.Environ(), "OPSTRACE_HOME="+c.home)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (c *localCluster) kubectl(stdin string, args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(c.bin, "kubectl"), append([]string{"--kubeconfig", c.kubeconfig}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (c *localCluster) token(tenant string) string {
+	c.t.Helper()
+	out, err := c.opstrace("tenant", "token", "local", c.name, tenant)
+	if err != nil {
+		c.t.Fatalf("opstrace tenant token: %v\n%s", err, out)
+	}
+	return strings.TrimSpace(out)
+}
+
+func (c *localCluster) push(token string, series []remotewrite.Series) (int, string) {
+	req, _ := http.NewRequest("POST", c.gatewayURL+"/api/v1/push", bytes.NewReader(remotewrite.Encode(series)))
+	for k, v := range remotewrite.Headers {
+		req.Header.Set(k, v)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	res, err := c.client.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(body)
+}
+
+// query returns the values of the samples of promql at t, by their "tenant" label.
+func (c *localCluster) query(token, promql string, at time.Time) (map[string]string, int) {
+	params := url.Values{"query": {promql}, "time": {fmt.Sprint(at.Unix())}}
+	req, _ := http.NewRequest("GET", c.gatewayURL+"/api/v1/query?"+params.Encode(), nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	res, err := c.client.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var body struct {
+		Data struct {
+			Result []struct {
+				Metric map[string]string
+				Value  []any
+			}
+		}
+	}
+	raw, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusOK {
+		return nil, res.StatusCode
+	}
+	if err := json.Unmarshal(raw, &body); err != nil {
+		c.t.Fatalf("query %s: %s", promql, raw)
+	}
+	values := map[string]string{}
+	for _, r := range body.Data.Result {
+		values[r.Metric["tenant"]] = fmt.Sprint(r.Value[1])
+	}
+	return values, res.StatusCode
+}
+
+func TestLocalCluster(t *testing.T) {
+	bin := filepath.Join(testenv.RepoRoot(), "bin")
+	for _, name := range []string{"opstrace", "opstrace-node-agent", "kubectl"} {
+		if _, err := os.Stat(filepath.Join(bin, name)); err != nil {
+			t.Fatalf("%s missing in bin/: run `make build test-tools` (make test does)", name)
+		}
+	}
+	c := &localCluster{t: t, name: "e2e", home: t.TempDir(), bin: bin}
+	start := time.Now()
+	out, err := c.opstrace("create", "local", c.name)
+	t.Cleanup(func() {
+		if t.Failed() {
+			logs, _ := filepath.Glob(filepath.Join(c.home, "clusters", c.name, "logs", "*.log"))
+			for _, log := range logs {
+				data, _ := os.ReadFile(log)
+				lines := strings.Split(string(data), "\n")
+				t.Logf("last lines of %s:\n%s", log, strings.Join(lines[max(0, len(lines)-30):], "\n"))
+			}
+		}
+		if _, err := os.Stat(filepath.Join(c.home, "clusters", c.name)); err == nil {
+			if out, err := c.opstrace("destroy", "local", c.name, "--yes"); err != nil {
+				t.Errorf("destroy: %v\n%s", err, out)
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("opstrace create local: %v\n%s", err, out)
+	}
+	t.Logf("create local → ready: %s", time.Since(start).Round(time.Second))
+	c.gatewayURL = regexp.MustCompile(`Gateway:\s+(\S+)`).FindStringSubmatch(out)[1]
+	c.caFile = regexp.MustCompile(`CA file:\s+(\S+)`).FindStringSubmatch(out)[1]
+	c.kubeconfig = regexp.MustCompile(`Kubeconfig:\s+(\S+)`).FindStringSubmatch(out)[1]
+	ca, err := os.ReadFile(c.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	c.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+
+	if again, err := c.opstrace("create", "local", c.name); err != nil || !strings.Contains(again, "already running") {
+		t.Fatalf("a second create is not a reported no-op: %v\n%s", err, again)
+	}
+	if status, err := c.opstrace("status", "local", c.name); err != nil {
+		t.Fatalf("status of a ready cluster: %v\n%s", err, status)
+	}
+
+	// A second tenant, the way a user adds one: kubectl apply.
+	applied := time.Now()
+	if out, err := c.kubectl("apiVersion: opstrace.io/v1alpha1\nkind: Tenant\nmetadata:\n  name: team-b\n  namespace: opstrace\n", "apply", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply tenant: %v\n%s", err, out)
+	}
+	var tokenB string
+	now := time.Now()
+	probe := []remotewrite.Series{{Labels: map[string]string{"__name__": "e2e_probe", "tenant": "team-b"},
+		Samples: []remotewrite.Sample{{Value: 2, TimestampMsec: now.UnixMilli()}}}}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if out, err := c.opstrace("tenant", "token", "local", c.name, "team-b"); err == nil {
+			tokenB = strings.TrimSpace(out)
+			if code, _ := c.push(tokenB, probe); code == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("team-b's token was not accepted within 30 s of kubectl apply")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("Tenant apply → its token accepted by the gateway: %s", time.Since(applied).Round(time.Millisecond))
+
+	tokenA := c.token("default")
+	if code, body := c.push(tokenA, []remotewrite.Series{{Labels: map[string]string{"__name__": "e2e_probe", "tenant": "default"},
+		Samples: []remotewrite.Sample{{Value: 1, TimestampMsec: now.UnixMilli()}}}}); code != http.StatusOK {
+		t.Fatalf("push as default: %d %s", code, body)
+	}
+	if got, code := c.query(tokenA, "e2e_probe", now); code != 200 || fmt.Sprint(got) != "map[default:1]" {
+		t.Fatalf("default reads %v (%d), want only its own sample 1", got, code)
+	}
+	if got, code := c.query(tokenB, "e2e_probe", now); code != 200 || fmt.Sprint(got) != "map[team-b:2]" {
+		t.Fatalf("team-b reads %v (%d), want only its own sample 2", got, code)
+	}
+
+	forged := strings.Split(tokenA, ".")
+	forged[2] = strings.Repeat("A", len(forged[2]))
+	if code, body := c.push(strings.Join(forged, "."), probe); code != http.StatusUnauthorized {
+		t.Fatalf("a forged token got %d %s, want 401", code, body)
+	}
+
+	deleted := time.Now()
+	if out, err := c.kubectl("", "delete", "tenant", "team-b", "-n", "opstrace"); err != nil {
+		t.Fatalf("kubectl delete tenant: %v\n%s", err, out)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if code, _ := c.push(tokenB, probe); code == http.StatusUnauthorized {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a deleted tenant's token still works 30 s later")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("Tenant delete → its token refused: %s", time.Since(deleted).Round(time.Millisecond))
+
+	if out, err := c.opstrace("destroy", "local", c.name, "--yes"); err != nil {
+		t.Fatalf("destroy: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(c.home, "clusters", c.name)); !os.IsNotExist(err) {
+		t.Fatalf("destroy left state behind: %v", err)
+	}
+	if out, _ := exec.Command("pgrep", "-f", c.home).CombinedOutput(); strings.TrimSpace(string(out)) != "" {
+		t.Fatalf("destroy left processes behind: %s", out)
+	}
+}
