@@ -123,9 +123,10 @@ func newListCommand() *cobra.Command {
 func newTenantCommand() *cobra.Command {
 	tenant := &cobra.Command{Use: "tenant", Short: "Work with the tenants of a cluster"}
 	token := &cobra.Command{Use: "token", Short: "Print a tenant's API token"}
-	token.AddCommand(&cobra.Command{
+	var output string
+	local := &cobra.Command{
 		Use:   "local NAME TENANT",
-		Short: "Print the token of a tenant of a local cluster",
+		Short: "Print the token of a tenant of a local cluster, or write it to a file readable only by you",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := openLocalCluster(args[0])
@@ -140,10 +141,15 @@ func newTenantCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if output != "" {
+				return writeSecretFile(output, []byte(value+"\n"))
+			}
 			fmt.Fprintln(cmd.OutOrStdout(), value)
 			return nil
 		},
-	})
+	}
+	local.Flags().StringVarP(&output, "output", "o", "", "Write the token to this file, with mode 0600, instead of printing it.")
+	token.AddCommand(local)
 	tenant.AddCommand(token)
 	return tenant
 }
@@ -229,4 +235,22 @@ func (c localCluster) status(cmd *cobra.Command, out interface{ Write([]byte) (i
 	}
 	fmt.Fprintf(w, "metricscluster/%s\t%t\t%s\n", c.name, ok, msg)
 	return healthy && ok, nil
+}
+
+// writeSecretFile writes a token so that only its owner can read it, also when the file already existed
+// with wider permissions.
+func writeSecretFile(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -226,7 +226,7 @@ CA file:    %s
 Kubeconfig: %s
 
 Token of tenant %s:
-  opstrace tenant token local %s %s > %s.token
+  opstrace tenant token local %s %s --output %s.token
 
 Prometheus remote_write:
   remote_write:

@@ -2,6 +2,8 @@ package installer
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/opstrace/opstrace/internal/version"
@@ -31,5 +33,25 @@ func TestUnknownCommandIsAnError(t *testing.T) {
 	}
 	if !bytes.Contains([]byte(err.Error()), []byte(`unknown command "crate"`)) {
 		t.Fatalf("error %q does not name the unknown command", err)
+	}
+}
+
+func TestTokenFilesAreReadableOnlyByTheirOwner(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "default.token")
+	if err := os.WriteFile(path, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeSecretFile(path, []byte("token\n")); err != nil {
+		t.Fatal(err)
+	}
+	info, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Mode().Perm() != 0o600 {
+		t.Fatalf("token file mode %o, want 600", info.Mode().Perm())
+	}
+	if data, _ := os.ReadFile(path); string(data) != "token\n" {
+		t.Fatalf("token file holds %q", data)
 	}
 }

@@ -156,7 +156,7 @@ func TestLocalCluster(t *testing.T) {
 		t.Fatalf("kubectl apply tenant: %v\n%s", err, out)
 	}
 	var tokenB string
-	now := time.Now()
+	now := time.Now().Truncate(time.Second) // queries take whole seconds; a later sample would be invisible
 	probe := []remotewrite.Series{{Labels: map[string]string{"__name__": "e2e_probe", "tenant": "team-b"},
 		Samples: []remotewrite.Sample{{Value: 2, TimestampMsec: now.UnixMilli()}}}}
 	for deadline := time.Now().Add(30 * time.Second); ; {
