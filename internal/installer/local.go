@@ -126,6 +126,8 @@ func (c localCluster) supervisorPID() int {
 // binaries are the programs a local cluster runs, from the directory of the opstrace binary (bin/).
 type binaries struct {
 	dir string
+	// extraImages are REPO[:TAG]=PATH mappings given to create local with --image.
+	extraImages []string
 }
 
 func findBinaries() (binaries, error) {
@@ -153,11 +155,11 @@ func (b binaries) path(name string) string { return filepath.Join(b.dir, name) }
 // images maps the images of the chart and the controller's manifests to this build's binaries.
 func (b binaries) images() []string {
 	cortex, _ := filepath.EvalSymlinks(b.path("cortex"))
-	return []string{
+	return append([]string{
 		"opstrace/opstrace-controller=" + b.path("opstrace-controller"),
 		"opstrace/opstrace-gateway=" + b.path("opstrace-gateway"),
 		manifests.CortexImage(manifests.DefaultCortexVersion) + "=" + cortex,
-	}
+	}, b.extraImages...)
 }
 
 // startSupervisor opens the host listeners and starts `opstrace local run NAME` detached, in its own network
@@ -200,7 +202,11 @@ func (c localCluster) startSupervisor(b binaries) (hostPorts, error) {
 		return hostPorts{}, err
 	}
 	defer logFile.Close()
-	cmd := exec.Command(b.path("opstrace"), "local", "run", c.name)
+	args := []string{"local", "run", c.name}
+	for _, image := range b.extraImages {
+		args = append(args, "--image="+image)
+	}
+	cmd := exec.Command(b.path("opstrace"), args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.ExtraFiles = files
 	cmd.Env = append(os.Environ(), "OPSTRACE_HOME="+filepath.Dir(filepath.Dir(c.dir)))
@@ -217,7 +223,7 @@ func (c localCluster) startSupervisor(b binaries) (hostPorts, error) {
 
 // runSupervisor is `opstrace local run NAME`: inside the cluster's network namespace it runs the control
 // plane and the node agent, forwards the host listeners, and stops everything on SIGTERM.
-func runSupervisor(ctx context.Context, name string, out io.Writer) error {
+func runSupervisor(ctx context.Context, name string, extraImages []string, out io.Writer) error {
 	c, err := openLocalCluster(name)
 	if err != nil {
 		return err
@@ -226,6 +232,7 @@ func runSupervisor(ctx context.Context, name string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	b.extraImages = extraImages
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	apiListener, err := localnet.InheritedListener(0)

@@ -21,14 +21,18 @@ import (
 
 func newCreateCommand() *cobra.Command {
 	create := &cobra.Command{Use: "create", Short: "Create an Opstrace cluster"}
-	create.AddCommand(&cobra.Command{
+	var extraImages []string
+	local := &cobra.Command{
 		Use:   "local NAME",
 		Short: "Run the whole distribution on this machine: a real Kubernetes control plane, no cloud and no Docker",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return createLocal(cmd.Context(), args[0], cmd.OutOrStdout())
+			return createLocal(cmd.Context(), args[0], extraImages, cmd.OutOrStdout())
 		},
-	})
+	}
+	local.Flags().StringArrayVar(&extraImages, "image", nil,
+		"Also run pods of image REPO[:TAG] as the host binary PATH (REPO[:TAG]=PATH, repeatable), to try your own programs.")
+	create.AddCommand(local)
 	return create
 }
 
@@ -157,13 +161,16 @@ func newTenantCommand() *cobra.Command {
 // newLocalCommand holds what `create local` starts in the background; users do not run it.
 func newLocalCommand() *cobra.Command {
 	local := &cobra.Command{Use: "local", Hidden: true}
-	local.AddCommand(&cobra.Command{
+	var extraImages []string
+	run := &cobra.Command{
 		Use:  "run NAME",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runSupervisor(cmd.Context(), args[0], cmd.OutOrStdout())
+			return runSupervisor(cmd.Context(), args[0], extraImages, cmd.OutOrStdout())
 		},
-	})
+	}
+	run.Flags().StringArrayVar(&extraImages, "image", nil, "Extra REPO[:TAG]=PATH images for the node agent.")
+	local.AddCommand(run)
 	return local
 }
 

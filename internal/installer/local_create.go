@@ -33,7 +33,7 @@ import (
 const DefaultTenant = "default"
 
 // createLocal is `opstrace create local NAME`.
-func createLocal(ctx context.Context, name string, out io.Writer) error {
+func createLocal(ctx context.Context, name string, extraImages []string, out io.Writer) error {
 	c, err := openLocalCluster(name)
 	if err != nil {
 		return err
@@ -46,6 +46,12 @@ func createLocal(ctx context.Context, name string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	for _, image := range extraImages {
+		if repo, path, ok := strings.Cut(image, "="); !ok || repo == "" || path == "" {
+			return fmt.Errorf("--image %q: use REPO[:TAG]=PATH", image)
+		}
+	}
+	b.extraImages = extraImages
 	start := time.Now()
 	ports, err := c.startSupervisor(b)
 	if err != nil {
