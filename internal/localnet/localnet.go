@@ -44,10 +44,13 @@ func Isolate(cmd *exec.Cmd) {
 	}
 }
 
-// Setup runs inside the new namespace: it brings lo up and routes PodCIDR to it as local addresses.
+// Setup runs inside the new namespace: it brings lo up and routes PodCIDR to it as local addresses. NodeIP
+// is also put on lo as an address: glibc's getaddrinfo (AI_ADDRCONFIG) resolves IPv4 names only when an
+// interface has a non-loopback IPv4 address, and a route alone does not count.
 func Setup() error {
 	for _, args := range [][]string{
 		{"link", "set", "lo", "up"},
+		{"address", "replace", NodeIP + "/32", "dev", "lo"},
 		{"route", "replace", "local", PodCIDR, "dev", "lo"},
 	} {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {

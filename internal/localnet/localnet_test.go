@@ -35,6 +35,9 @@ func runChild() error {
 	if err := Setup(); err != nil {
 		return err
 	}
+	if out, err := exec.Command("ip", "-4", "-o", "address", "show", "dev", "lo").CombinedOutput(); err != nil || !strings.Contains(string(out), NodeIP+"/32") {
+		return fmt.Errorf("the node address is not on lo (C programs could not resolve IPv4 names): %v %s", err, out)
+	}
 	pod, err := net.Listen("tcp", podAddress)
 	if err != nil {
 		return err

@@ -16,10 +16,12 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
 	"github.com/opstrace/opstrace/internal/local/supervisor"
@@ -230,7 +232,7 @@ func createReadyNode(t *testing.T, ctx context.Context, client kubernetes.Interf
 		corev1.ResourcePods:   resource.MustParse("110"),
 	}
 	now := metav1.Now()
-	node.Status = corev1.NodeStatus{
+	status := corev1.NodeStatus{
 		Capacity:    resources,
 		Allocatable: resources,
 		Conditions: []corev1.NodeCondition{{
@@ -238,7 +240,18 @@ func createReadyNode(t *testing.T, ctx context.Context, client kubernetes.Interf
 			LastHeartbeatTime: now, LastTransitionTime: now,
 		}},
 	}
-	if _, err := client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+	// The controller manager annotates new nodes, so the status update may need a fresh copy.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		node.Status = status
+		_, err := client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) {
+			if fresh, getErr := client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{}); getErr == nil {
+				node = fresh
+			}
+		}
+		return err
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 }

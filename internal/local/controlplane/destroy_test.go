@@ -51,14 +51,15 @@ func TestDestroyStopsAControlPlaneOfAnotherProcess(t *testing.T) {
 	}
 	// Read the helper's stdout to its end, then reap it; exited reports its exit.
 	lines := make(chan string, 10)
-	exited := make(chan error, 1)
+	exited := make(chan struct{}) // closed once the helper is reaped
 	go func() {
 		scanner := bufio.NewScanner(stdout)
 		for scanner.Scan() {
 			lines <- scanner.Text()
 		}
 		close(lines)
-		exited <- helper.Wait()
+		_ = helper.Wait()
+		close(exited)
 	}()
 	defer func() {
 		_ = helper.Process.Kill()

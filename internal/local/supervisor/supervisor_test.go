@@ -94,7 +94,7 @@ func TestStopKillsWhatIgnoresSIGTERM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the trap", func() bool { b, _ := os.ReadFile(s.LogFile); return strings.Contains(string(b), "ready") })
+	waitFor(t, "the trap", func() bool { b, _ := os.ReadFile(s.LogFile); return strings.Contains(string(b), "\nready\n") })
 	pid := p.PID()
 	began := time.Now()
 	err = p.Stop(300 * time.Millisecond)
