@@ -39,6 +39,9 @@ func run() error {
 		"CA certificate of the API server, ca.crt of service account volumes until kube-root-ca.crt exists (default: the kubeconfig's)")
 	podCIDR := fs.String("pod-cidr", nodeagent.DefaultPodCIDR, "range of pod addresses; it must be routed locally (a loopback range, or one routed local to lo in the local cluster's network namespace)")
 	nodeIP := fs.String("node-ip", "127.0.0.1", "the node's address, reported as the pods' hostIP")
+	clusterDNS := fs.String("cluster-dns", "", "address of the cluster DNS server; pods of DNS policy ClusterFirst get an "+
+		"/etc/resolv.conf naming it (default: none, pods get the host's /etc/resolv.conf)")
+	clusterDomain := fs.String("cluster-domain", nodeagent.DefaultClusterDomain, "the cluster's DNS domain, in the pods' DNS search path")
 	bwrap := fs.String("bwrap", "bwrap", "bubblewrap binary (Debian package bubblewrap)")
 	fs.Var(images, "image", "run the host binary PATH for the image `REPO[:TAG]=PATH`; without a tag, for every tag "+
 		"(repeatable), such as cortexproject/cortex:v1.21.1=/usr/local/bin/cortex")
@@ -65,7 +68,8 @@ func run() error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	agent, err := nodeagent.New(nodeagent.Config{
 		NodeName: *nodeName, StateDir: *stateDir, APIServerURL: *apiServerURL, ClusterCAFile: *caFile,
-		PodCIDR: *podCIDR, NodeIP: *nodeIP, Images: images, Bwrap: *bwrap, Logger: logger,
+		PodCIDR: *podCIDR, NodeIP: *nodeIP, ClusterDNS: *clusterDNS, ClusterDomain: *clusterDomain,
+		Images: images, Bwrap: *bwrap, Logger: logger,
 	}, restConfig)
 	if err != nil {
 		return err

@@ -18,11 +18,11 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/opstrace/opstrace/internal/gateway"
 	"github.com/opstrace/opstrace/internal/local/controlplane"
+	"github.com/opstrace/opstrace/internal/localdns"
 	"github.com/opstrace/opstrace/internal/localnet"
 	"github.com/opstrace/opstrace/internal/manifests"
 )
@@ -271,11 +271,22 @@ func runSupervisor(ctx context.Context, name string, extraImages []string, out i
 		return d.DialContext(ctx, "tcp", apiServer)
 	})
 
+	clientset, err := kubernetes.NewForConfig(cp.RESTConfig())
+	if err != nil {
+		return err
+	}
+	dnsServer := &localdns.Server{Addr: net.JoinHostPort(localnet.NodeIP, "53"), Client: clientset,
+		Logger: slog.New(slog.NewTextHandler(out, nil))}
+	go func() {
+		if err := dnsServer.Run(ctx); err != nil {
+			log("cluster DNS: %v", err)
+		}
+	}()
 	agent, err := startNodeAgent(c, b, cp)
 	if err != nil {
 		return err
 	}
-	gateway, err := newGatewayForwarder(cp.RESTConfig(), c.name)
+	gateway, err := newGatewayForwarder(clientset, c.name)
 	if err != nil {
 		return err
 	}
@@ -304,7 +315,7 @@ func startNodeAgent(c localCluster, b binaries, cp *controlplane.ControlPlane) (
 	args := []string{
 		"--kubeconfig=" + cp.Kubeconfig(), "--node-name=" + localNodeName, "--state-dir=" + c.nodeDir(),
 		"--apiserver-url=" + cp.APIServerURL(), "--cluster-ca-file=" + cp.CAFile(),
-		"--pod-cidr=" + localnet.PodCIDR, "--node-ip=" + localnet.NodeIP,
+		"--pod-cidr=" + localnet.PodCIDR, "--node-ip=" + localnet.NodeIP, "--cluster-dns=" + localnet.NodeIP,
 	}
 	for _, image := range b.images() {
 		args = append(args, "--image="+image)
@@ -375,11 +386,7 @@ type gatewayForwarder struct {
 	upstream  *gateway.Upstream
 }
 
-func newGatewayForwarder(cfg *rest.Config, cluster string) (*gatewayForwarder, error) {
-	clientset, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, err
-	}
+func newGatewayForwarder(clientset kubernetes.Interface, cluster string) (*gatewayForwarder, error) {
 	upstream, err := gateway.NewUpstream("gateway", nil)
 	if err != nil {
 		return nil, err

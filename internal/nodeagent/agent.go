@@ -54,6 +54,12 @@ type Config struct {
 	PodCIDR string
 	// NodeIP is the node's address (status.hostIP of its pods); default 127.0.0.1.
 	NodeIP string
+	// ClusterDNS is the address of the cluster DNS server (package localdns); when set, pods of DNS
+	// policy ClusterFirst (the default) or ClusterFirstWithHostNet get an /etc/resolv.conf naming it (see
+	// PodResolvConf). Empty: pods get the host's /etc/resolv.conf.
+	ClusterDNS string
+	// ClusterDomain is the cluster's DNS domain; default DefaultClusterDomain.
+	ClusterDomain string
 	// Images maps images to host binaries.
 	Images Images
 	// Bwrap is the bubblewrap binary; default "bwrap" from PATH.
@@ -159,6 +165,14 @@ func New(cfg Config, restConfig *rest.Config) (*Agent, error) {
 	nodeIP, err := netip.ParseAddr(cfg.NodeIP)
 	if err != nil {
 		return nil, fmt.Errorf("node IP: %w", err)
+	}
+	if cfg.ClusterDNS != "" {
+		if _, err := netip.ParseAddr(cfg.ClusterDNS); err != nil {
+			return nil, fmt.Errorf("cluster DNS: want an IP address: %w", err)
+		}
+	}
+	if cfg.ClusterDomain == "" {
+		cfg.ClusterDomain = DefaultClusterDomain
 	}
 	ipam, err := NewIPAM(filepath.Join(stateDir, "pod-ips.json"), podCIDR, nodeIP)
 	if err != nil {

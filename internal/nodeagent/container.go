@@ -139,6 +139,7 @@ func (r *podRunner) containerCommand(c *containerRun, bin string) ([]string, []s
 		WorkingDir: spec.WorkingDir,
 		Hostname:   r.hostname,
 		EtcHosts:   filepath.Join(r.dir, "etc-hosts"),
+		ResolvConf: r.resolvConf,
 		Mounts:     mounts,
 		RootLinks:  r.a.rootLinks,
 		InfoFD:     3,

@@ -36,6 +36,7 @@ type podRunner struct {
 	dir             string
 	ip              string
 	hostname        string
+	resolvConf      string // the pod's /etc/resolv.conf on the host, written by run; empty: the host's
 	log             *slog.Logger
 
 	ctx    context.Context
@@ -204,6 +205,10 @@ func (r *podRunner) run() {
 		r.setFailed(fmt.Sprintf("write /etc/hosts: %v", err))
 		return
 	}
+	if err := r.writeResolvConf(); err != nil {
+		r.setFailed(fmt.Sprintf("write /etc/resolv.conf: %v", err))
+		return
+	}
 	for {
 		err := r.setupVolumes(true)
 		if err == nil {
@@ -229,6 +234,25 @@ func (r *podRunner) run() {
 		wg.Go(func() { r.runContainer(c) })
 	}
 	wg.Wait()
+}
+
+// writeResolvConf writes the pod's own /etc/resolv.conf when its DNS policy and the cluster DNS call for
+// one (PodResolvConf).
+func (r *podRunner) writeResolvConf() error {
+	r.mu.Lock()
+	pod := r.pod.DeepCopy()
+	r.mu.Unlock()
+	host, _ := os.ReadFile("/etc/resolv.conf")
+	conf, own := PodResolvConf(pod, r.a.cfg.ClusterDNS, r.a.cfg.ClusterDomain, ParseResolvConf(host))
+	if !own {
+		return nil
+	}
+	file := filepath.Join(r.dir, "resolv.conf")
+	if err := os.WriteFile(file, []byte(conf.String()), 0o644); err != nil {
+		return err
+	}
+	r.resolvConf = file
+	return nil
 }
 
 // volumeLoop republishes the volumes made of API objects when they change, and renews tokens.

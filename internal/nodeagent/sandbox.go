@@ -28,7 +28,9 @@ type Sandbox struct {
 	Hostname   string
 	// EtcHosts is a host file mounted at /etc/hosts; empty means the host's.
 	EtcHosts string
-	Mounts   []Mount
+	// ResolvConf is a host file mounted at /etc/resolv.conf; empty means the host's.
+	ResolvConf string
+	Mounts     []Mount
 	// RootLinks are the top-level host directories that are symlinks into /usr on merged-/usr systems,
 	// such as "lib" → "usr/lib"; HostRootLinks finds them.
 	RootLinks map[string]string
@@ -89,6 +91,10 @@ func BwrapArgs(s Sandbox) []string {
 	}
 	args = append(args, "--dir", "/etc")
 	for _, f := range etcFiles {
+		if f == "resolv.conf" && s.ResolvConf != "" {
+			args = append(args, "--ro-bind", s.ResolvConf, "/etc/resolv.conf")
+			continue
+		}
 		args = append(args, "--ro-bind-try", "/etc/"+f, "/etc/"+f)
 	}
 	if s.EtcHosts != "" {
