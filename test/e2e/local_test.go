@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
 	"github.com/opstrace/opstrace/internal/remotewrite"
 	"github.com/opstrace/opstrace/internal/testenv"
 )
@@ -103,45 +106,69 @@ func (c *localCluster) query(token, promql string, at time.Time) (map[string]str
 	return values, res.StatusCode
 }
 
-func TestLocalCluster(t *testing.T) {
+// createLocalCluster runs `opstrace create local NAME` with args in a temporary OPSTRACE_HOME, and destroys the
+// cluster when the test ends (showing the ends of its logs if the test failed). It returns the cluster and the
+// time create took to report it ready.
+func createLocalCluster(tb testing.TB, name string, args ...string) (*localCluster, time.Duration) {
+	tb.Helper()
 	bin := filepath.Join(testenv.RepoRoot(), "bin")
-	for _, name := range []string{"opstrace", "opstrace-node-agent", "kubectl"} {
-		if _, err := os.Stat(filepath.Join(bin, name)); err != nil {
-			t.Fatalf("%s missing in bin/: run `make build test-tools` (make test does)", name)
+	for _, b := range []string{"opstrace", "opstrace-node-agent", "kubectl"} {
+		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
+			tb.Fatalf("%s missing in bin/: run `make build test-tools` (make test does)", b)
 		}
 	}
-	c := &localCluster{t: t, name: "e2e", home: t.TempDir(), bin: bin}
+	c := &localCluster{name: name, home: tb.TempDir(), bin: bin}
+	if t, ok := tb.(*testing.T); ok {
+		c.t = t
+	}
 	start := time.Now()
-	out, err := c.opstrace("create", "local", c.name)
-	t.Cleanup(func() {
-		if t.Failed() {
+	out, err := c.opstrace(append([]string{"create", "local", name}, args...)...)
+	took := time.Since(start)
+	tb.Cleanup(func() {
+		if tb.Failed() {
 			logs, _ := filepath.Glob(filepath.Join(c.home, "clusters", c.name, "logs", "*.log"))
 			for _, log := range logs {
 				data, _ := os.ReadFile(log)
 				lines := strings.Split(string(data), "\n")
-				t.Logf("last lines of %s:\n%s", log, strings.Join(lines[max(0, len(lines)-30):], "\n"))
+				tb.Logf("last lines of %s:\n%s", log, strings.Join(lines[max(0, len(lines)-40):], "\n"))
 			}
 		}
 		if _, err := os.Stat(filepath.Join(c.home, "clusters", c.name)); err == nil {
 			if out, err := c.opstrace("destroy", "local", c.name, "--yes"); err != nil {
-				t.Errorf("destroy: %v\n%s", err, out)
+				tb.Errorf("destroy: %v\n%s", err, out)
 			}
 		}
 	})
 	if err != nil {
-		t.Fatalf("opstrace create local: %v\n%s", err, out)
+		tb.Fatalf("opstrace create local: %v\n%s", err, out)
 	}
-	t.Logf("create local → ready: %s", time.Since(start).Round(time.Second))
 	c.gatewayURL = regexp.MustCompile(`Gateway:\s+(\S+)`).FindStringSubmatch(out)[1]
 	c.caFile = regexp.MustCompile(`CA file:\s+(\S+)`).FindStringSubmatch(out)[1]
 	c.kubeconfig = regexp.MustCompile(`Kubeconfig:\s+(\S+)`).FindStringSubmatch(out)[1]
 	ca, err := os.ReadFile(c.caFile)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca)
 	c.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	return c, took
+}
+
+// clientset is a client of the cluster's API server, through the host kubeconfig.
+func (c *localCluster) clientset(tb testing.TB) *kubernetes.Clientset {
+	tb.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", c.kubeconfig)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg.QPS, cfg.Burst = 100, 200
+	return kubernetes.NewForConfigOrDie(cfg)
+}
+
+func TestLocalCluster(t *testing.T) {
+	c, took := createLocalCluster(t, "e2e")
+	t.Logf("create local → ready: %s", took.Round(time.Second))
 
 	if again, err := c.opstrace("create", "local", c.name); err != nil || !strings.Contains(again, "already running") {
 		t.Fatalf("a second create is not a reported no-op: %v\n%s", err, again)
