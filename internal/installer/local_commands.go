@@ -3,6 +3,7 @@ package installer
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -176,7 +177,7 @@ func newLocalCommand() *cobra.Command {
 
 // status prints the supervisor, the nodes, the workloads and the MetricsCluster, and says whether all are
 // healthy.
-func (c localCluster) status(cmd *cobra.Command, out interface{ Write([]byte) (int, error) }) (bool, error) {
+func (c localCluster) status(cmd *cobra.Command, out io.Writer) (bool, error) {
 	if !c.exists() {
 		return false, fmt.Errorf("there is no local cluster %s", c.name)
 	}
