@@ -159,6 +159,22 @@ func newTenantCommand() *cobra.Command {
 	return tenant
 }
 
+func newVerifyCommand() *cobra.Command {
+	verify := &cobra.Command{Use: "verify", Short: "Write a canary sample through the gateway and read it back"}
+	var tenant string
+	local := &cobra.Command{
+		Use:   "local NAME",
+		Short: "Write and read back a unique series through the gateway of a local cluster; exit non-zero on failure",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return verifyLocal(cmd.Context(), args[0], tenant, cmd.OutOrStdout())
+		},
+	}
+	local.Flags().StringVar(&tenant, "tenant", v1alpha1.SystemTenant, "Tenant to write and read as.")
+	verify.AddCommand(local)
+	return verify
+}
+
 // newLocalCommand holds what `create local` starts in the background; users do not run it.
 func newLocalCommand() *cobra.Command {
 	local := &cobra.Command{Use: "local", Hidden: true}

@@ -187,20 +187,32 @@ func (c localCluster) writeCA(ctx context.Context, kube client.Client) error {
 
 // canaryWrite sends one sample through the gateway, as Prometheus would.
 func (c localCluster) canaryWrite(ctx context.Context, ports hostPorts, token string) error {
-	ca, err := os.ReadFile(c.CAFile())
+	client, err := c.gatewayClient()
 	if err != nil {
 		return err
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(ca) {
-		return errors.New("the gateway CA file holds no certificate")
-	}
-	httpClient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	body := remotewrite.Encode([]remotewrite.Series{{
+	return pushSeries(ctx, client, c.GatewayURL(ports), token, remotewrite.Series{
 		Labels:  map[string]string{"__name__": "opstrace_local_canary", "cluster": c.name},
 		Samples: []remotewrite.Sample{{Value: 1, TimestampMsec: time.Now().UnixMilli()}},
-	}})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.GatewayURL(ports)+"/api/v1/push", bytes.NewReader(body))
+	})
+}
+
+// gatewayClient trusts the CA of the gateway's certificate, and only it.
+func (c localCluster) gatewayClient() (*http.Client, error) {
+	ca, err := os.ReadFile(c.CAFile())
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return nil, errors.New("the gateway CA file holds no certificate")
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}, nil
+}
+
+// pushSeries sends a remote-write request through the gateway.
+func pushSeries(ctx context.Context, client *http.Client, gatewayURL, token string, series ...remotewrite.Series) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, gatewayURL+"/api/v1/push", bytes.NewReader(remotewrite.Encode(series)))
 	if err != nil {
 		return err
 	}
@@ -208,7 +220,7 @@ func (c localCluster) canaryWrite(ctx context.Context, ports hostPorts, token st
 		req.Header.Set(k, v)
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
-	res, err := httpClient.Do(req)
+	res, err := client.Do(req)
 	if err != nil {
 		return err
 	}

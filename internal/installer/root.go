@@ -18,7 +18,7 @@ func NewRootCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newVersionCommand(), newCreateCommand(), newDestroyCommand(), newStatusCommand(),
-		newListCommand(), newTenantCommand(), newLocalCommand())
+		newListCommand(), newTenantCommand(), newVerifyCommand(), newLocalCommand())
 	return root
 }
 

@@ -176,6 +176,16 @@ func TestLocalCluster(t *testing.T) {
 	if status, err := c.opstrace("status", "local", c.name); err != nil {
 		t.Fatalf("status of a ready cluster: %v\n%s", err, status)
 	}
+	for _, tenant := range []string{"system", "default"} {
+		if out, err := c.opstrace("verify", "local", c.name, "--tenant", tenant); err != nil || !strings.Contains(out, "read back") {
+			t.Fatalf("verify as %s: %v\n%s", tenant, err, out)
+		} else {
+			t.Log(strings.TrimSpace(out))
+		}
+	}
+	if out, err := c.opstrace("verify", "local", c.name, "--tenant", "nobody"); err == nil || !strings.Contains(out, "tenant-nobody-token") {
+		t.Fatalf("verify as a tenant without a token succeeded or did not say why: %v\n%s", err, out)
+	}
 
 	// A second tenant, the way a user adds one: kubectl apply.
 	applied := time.Now()
