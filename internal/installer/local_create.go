@@ -244,7 +244,7 @@ CA file:    %s
 Kubeconfig: %s
 
 Token of tenant %s:
-  opstrace tenant token local %s %s --output %s.token
+  %s tenant token local %s %s --output %s.token
 
 Prometheus remote_write:
   remote_write:
@@ -256,9 +256,18 @@ Prometheus remote_write:
 
 Query (also the URL of a Grafana Prometheus data source):
   curl --cacert %s -H "Authorization: Bearer $(cat %s.token)" '%s/api/v1/query?query=up'
-`, url, c.CAFile(), c.Kubeconfig(), DefaultTenant, c.name, DefaultTenant, DefaultTenant,
+`, url, c.CAFile(), c.Kubeconfig(), DefaultTenant, selfCommand(), c.name, DefaultTenant, DefaultTenant,
 		url, DefaultTenant, c.CAFile(), c.CAFile(), DefaultTenant, url)
 	return nil
+}
+
+// selfCommand is how the user ran this binary (bin/opstrace after make run), so printed commands paste as
+// they are.
+func selfCommand() string {
+	if strings.Contains(os.Args[0], "/") {
+		return os.Args[0]
+	}
+	return "opstrace"
 }
 
 // progress prints what a wait is waiting on, and for how long.
