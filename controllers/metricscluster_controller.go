@@ -24,6 +24,7 @@ import (
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
 	"github.com/opstrace/opstrace/internal/apply"
 	"github.com/opstrace/opstrace/internal/manifests"
+	"github.com/opstrace/opstrace/internal/upgrade"
 )
 
 // MetricsClusterReconciler turns a MetricsCluster and its Tenants into a running, secured Cortex: gather and
@@ -38,6 +39,9 @@ type MetricsClusterReconciler struct {
 	GatewayImage string
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// Ring reads the ingester ring for the rollout of ingesters. When nil the ring check is disabled: every
+	// Ready ingester pod counts as ACTIVE in the ring.
+	Ring RingReader
 }
 
 var (
@@ -48,6 +52,7 @@ var (
 // +kubebuilder:rbac:groups=opstrace.io,resources=metricsclusters,verbs=get;list;watch
 // +kubebuilder:rbac:groups=opstrace.io,resources=metricsclusters/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=configmaps;services;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;delete
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;update;patch;delete
@@ -108,6 +113,16 @@ func (r *MetricsClusterReconciler) reconcileObjects(ctx context.Context, cluster
 	if err != nil {
 		return facts, ctrl.Result{}, err
 	}
+
+	// Roll changes of the Cortex pod templates out in the planner's order: a workload the rollout has not
+	// reached keeps its live template, whatever else of it is applied.
+	state, live, err := r.observeUpgrade(ctx, cluster, objects, facts.version)
+	if err != nil {
+		return facts, ctrl.Result{}, err
+	}
+	now := r.now()
+	versionErr := upgrade.CheckVersion(state)
+	gateTemplates(objects, state, live, now, versionErr != nil)
 	applier := apply.Applier{Client: r.Client, Scheme: r.Scheme}
 	for _, obj := range objects {
 		if _, err := applier.Apply(ctx, cluster, obj); err != nil {
@@ -123,7 +138,23 @@ func (r *MetricsClusterReconciler) reconcileObjects(ctx context.Context, cluster
 		return facts, ctrl.Result{}, err
 	}
 	facts.endpoint = gatewayEndpoint(cluster)
-	return facts, ctrl.Result{RequeueAfter: certRecheck}, nil
+	facts.progress, facts.rolledOut = upgrade.Progress(state)
+	if versionErr != nil {
+		return facts, ctrl.Result{}, &DegradedError{Reason: v1alpha1.ReasonVersionRefused, Message: versionErr.Error()}
+	}
+	action := upgrade.Next(state, now)
+	requeue, err := r.executeAction(ctx, cluster, action, live)
+	if err != nil {
+		return facts, ctrl.Result{}, err
+	}
+	result := ctrl.Result{RequeueAfter: certRecheck}
+	if requeue > 0 && (result.RequeueAfter == 0 || requeue < result.RequeueAfter) {
+		result.RequeueAfter = requeue
+	}
+	if action.Kind == upgrade.Stalled {
+		return facts, result, &DegradedError{Reason: v1alpha1.ReasonUpgradeStalled, Message: action.Message()}
+	}
+	return facts, result, nil
 }
 
 // desiredObjects is everything built from the spec and the tenants: the workloads and their configuration,

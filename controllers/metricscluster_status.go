@@ -22,6 +22,10 @@ type clusterFacts struct {
 	workloads           []workloadFact
 	monitoringAvailable bool
 	endpoint            string
+	// progress is upgrade.Progress of the observed rollout; rolledOut says every Cortex component runs the
+	// desired revision and is Ready, so status.version may become version.
+	progress  string
+	rolledOut bool
 }
 
 // workloadFact is one component's Deployment or StatefulSet as its controller reports it.
@@ -130,7 +134,6 @@ func setClusterStatus(cluster *v1alpha1.MetricsCluster, facts clusterFacts) {
 	set(v1alpha1.ConditionDegraded, false, v1alpha1.ReasonNoProblem, "")
 
 	var waiting []string
-	allCortexAtVersion := true
 	for _, w := range facts.workloads {
 		message := fmt.Sprintf("%d/%d replicas ready", w.ready, w.desired)
 		if !w.exists {
@@ -142,18 +145,21 @@ func setClusterStatus(cluster *v1alpha1.MetricsCluster, facts clusterFacts) {
 			set(componentConditionType(w.component), false, v1alpha1.ReasonNotReady, message)
 			waiting = append(waiting, fmt.Sprintf("%s (%s)", w.component, message))
 		}
-		if w.component != manifests.ComponentGateway && (!w.isReady() || w.image != manifests.CortexImage(facts.version)) {
-			allCortexAtVersion = false
-		}
 	}
-	if allCortexAtVersion {
+	if facts.rolledOut {
 		cluster.Status.Version = facts.version
 	}
-	if len(waiting) > 0 {
+	switch {
+	case !facts.rolledOut:
+		set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonUpgrading, facts.progress)
+	case len(waiting) > 0:
 		set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonRollingOut, "waiting for "+strings.Join(waiting, ", "))
+	default:
+		set(v1alpha1.ConditionProgressing, false, v1alpha1.ReasonUpToDate, "every component runs the desired configuration")
+	}
+	if len(waiting) > 0 {
 		set(v1alpha1.ConditionReady, false, v1alpha1.ReasonNotReady, "waiting for "+strings.Join(waiting, ", "))
 	} else {
-		set(v1alpha1.ConditionProgressing, false, v1alpha1.ReasonUpToDate, "every component runs the desired configuration")
 		set(v1alpha1.ConditionReady, true, v1alpha1.ReasonReady, "every component is ready")
 	}
 	if facts.monitoringAvailable {

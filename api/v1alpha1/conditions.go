@@ -29,6 +29,13 @@ const (
 	ReasonMonitoringConfigured     = "MonitoringConfigured"
 	ReasonCertManagerUnavailable   = "CertManagerUnavailable"
 	ReasonApplyFailed              = "ApplyFailed"
+	// ReasonUpgrading: the Cortex components are being rolled out one at a time, in the upgrade order.
+	ReasonUpgrading = "Upgrading"
+	// ReasonUpgradeStalled: a pod of the new revision does not become Ready; the rollout waits for a person.
+	ReasonUpgradeStalled = "UpgradeStalled"
+	// ReasonVersionRefused: spec.version breaks the version skew policy (a downgrade, a skipped minor or a
+	// new major version); no pod template is changed.
+	ReasonVersionRefused = "VersionRefused"
 )
 
 // ConditionMonitoring says whether ServiceMonitors and alerts are set up for the cluster.

@@ -4,7 +4,9 @@ package main
 
 import (
 	"flag"
+	"net/http"
 	"os"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -58,6 +60,7 @@ func main() {
 	}
 	if err := (&controllers.MetricsClusterReconciler{
 		Client: mgr.GetClient(), Scheme: mgr.GetScheme(), RESTMapper: mgr.GetRESTMapper(), GatewayImage: gatewayImage,
+		Ring: controllers.HTTPRingReader{Client: &http.Client{Timeout: 10 * time.Second}},
 	}).SetupWithManager(mgr); err != nil {
 		log.Error(err, "unable to set up the MetricsCluster controller")
 		os.Exit(1)

@@ -667,6 +667,7 @@ func TestNetworkPolicyAdmitsOnlyTheClusterAndScrapers(t *testing.T) {
 		{CortexPodsSelector("metrics"), false, false, "Cortex pods of the cluster"},
 		{GatewayPodsSelector("metrics"), false, true, "gateway"},
 		{map[string]string{LabelName: "prometheus"}, true, true, "Prometheus"},
+		{map[string]string{LabelName: "opstrace", LabelComponent: "controller"}, true, true, "the controller (ingester ring during upgrades)"},
 	}
 	if len(np.Spec.Ingress) != len(want) {
 		t.Fatalf("%d ingress rules, want %d", len(np.Spec.Ingress), len(want))

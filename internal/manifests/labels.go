@@ -28,6 +28,11 @@ const (
 	// ConfigHashAnnotation on a Cortex pod template is the SHA-256 of the Cortex configuration, so a change
 	// to it rolls the pods. The runtime overrides are not hashed: Cortex re-reads them itself.
 	ConfigHashAnnotation = "opstrace.io/config-hash"
+
+	// TemplateHashAnnotation on a Cortex pod template is the hash of the whole built template (this
+	// annotation left out): the revision the upgrade planner compares. Every pod created from the template
+	// carries it too, so the controller can tell which pods run the desired template.
+	TemplateHashAnnotation = "opstrace.io/template-hash"
 )
 
 // appFor is the app.kubernetes.io/name of a component: the gateway is its own application, the rest Cortex.

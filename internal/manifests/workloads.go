@@ -1,6 +1,10 @@
 package manifests
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"path"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -186,7 +190,7 @@ func cortexPodTemplate(opts BuildOptions, component string, size componentSize) 
 	if component == TargetAll {
 		name = AppCortex
 	}
-	return corev1.PodTemplateSpec{
+	return withTemplateHash(corev1.PodTemplateSpec{
 		ObjectMeta: metav1.ObjectMeta{
 			Labels:      Labels(opts.ClusterName, component),
 			Annotations: map[string]string{ConfigHashAnnotation: ConfigHash(opts.CortexConfig)},
@@ -217,7 +221,27 @@ func cortexPodTemplate(opts BuildOptions, component string, size componentSize) 
 			}},
 			Volumes: volumes,
 		},
+	})
+}
+
+// withTemplateHash stamps the template with TemplateHashAnnotation.
+func withTemplateHash(template corev1.PodTemplateSpec) corev1.PodTemplateSpec {
+	template.Annotations[TemplateHashAnnotation] = TemplateHash(template)
+	return template
+}
+
+// TemplateHash is the value of TemplateHashAnnotation: the first 16 bytes, in hex, of the SHA-256 of the
+// template's JSON with TemplateHashAnnotation left out. encoding/json sorts map keys, so it is deterministic.
+func TemplateHash(template corev1.PodTemplateSpec) string {
+	template = *template.DeepCopy()
+	delete(template.Annotations, TemplateHashAnnotation)
+	data, err := json.Marshal(template)
+	if err != nil {
+		// A PodTemplateSpec always marshals; a failure is a programming error.
+		panic(fmt.Sprintf("marshal pod template: %v", err))
 	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:16])
 }
 
 // configMapVolume is a volume with one key of a ConfigMap, as file.
@@ -336,6 +360,17 @@ func BuildCortexNetworkPolicy(opts BuildOptions) client.Object {
 					From: []networkingv1.NetworkPolicyPeer{{
 						NamespaceSelector: &metav1.LabelSelector{},
 						PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{LabelName: "prometheus"}},
+					}},
+					Ports: httpPort,
+				},
+				{
+					// The opstrace controller (chart charts/opstrace, any namespace) reads the ingester ring
+					// during upgrades.
+					From: []networkingv1.NetworkPolicyPeer{{
+						NamespaceSelector: &metav1.LabelSelector{},
+						PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{
+							LabelName: "opstrace", LabelComponent: "controller",
+						}},
 					}},
 					Ports: httpPort,
 				},

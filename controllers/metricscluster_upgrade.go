@@ -1,0 +1,282 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
+	"github.com/opstrace/opstrace/internal/manifests"
+	"github.com/opstrace/opstrace/internal/upgrade"
+)
+
+// upgradeRequeue is how often a rollout that waits for something the controller does not watch (pods, the
+// ring) is observed again.
+const upgradeRequeue = 15 * time.Second
+
+// RingReader reads the ingester ring as the distributors of a cluster see it.
+type RingReader interface {
+	ReadRing(ctx context.Context, cluster *v1alpha1.MetricsCluster) ([]upgrade.RingMember, error)
+}
+
+// HTTPRingReader reads the ring from the distributor Service's /ingester/ring page, as JSON.
+type HTTPRingReader struct {
+	// Client is the HTTP client; http.DefaultClient when nil.
+	Client *http.Client
+}
+
+// ReadRing GETs http://<distributor>.<namespace>.svc:<port>/ingester/ring with Accept: application/json.
+func (r HTTPRingReader) ReadRing(ctx context.Context, cluster *v1alpha1.MetricsCluster) ([]upgrade.RingMember, error) {
+	url := "http://" + manifests.ServiceAddress(manifests.ComponentName(cluster.Name, manifests.ComponentDistributor),
+		cluster.Namespace, manifests.DefaultHTTPPort) + "/ingester/ring"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	c := r.Client
+	if c == nil {
+		c = http.DefaultClient
+	}
+	res, err := c.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("read ingester ring: %w", err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(res.Body, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read ingester ring: %w", err)
+	}
+	if res.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("read ingester ring: %s from %s", res.Status, url)
+	}
+	return parseRing(body)
+}
+
+// parseRing parses Cortex's /ingester/ring JSON: {"shards": [{"id": ..., "state": ...}, ...]}. A member whose
+// heartbeat is too old has the state "UNHEALTHY".
+func parseRing(body []byte) ([]upgrade.RingMember, error) {
+	var page struct {
+		Shards *[]struct {
+			ID    string `json:"id"`
+			State string `json:"state"`
+		} `json:"shards"`
+	}
+	if err := json.Unmarshal(body, &page); err != nil {
+		return nil, fmt.Errorf("parse ingester ring: %w", err)
+	}
+	if page.Shards == nil {
+		return nil, fmt.Errorf("parse ingester ring: no shards in the response")
+	}
+	members := make([]upgrade.RingMember, 0, len(*page.Shards))
+	for _, s := range *page.Shards {
+		members = append(members, upgrade.RingMember{ID: s.ID, State: upgrade.RingState(s.State)})
+	}
+	return members, nil
+}
+
+// liveWorkload is a Cortex workload as it exists, with the pods the planner may delete.
+type liveWorkload struct {
+	template corev1.PodTemplateSpec
+	podUIDs  map[string]types.UID
+}
+
+// observeUpgrade turns the built Cortex workloads, the live ones and their pods into the planner's State.
+func (r *MetricsClusterReconciler) observeUpgrade(ctx context.Context, cluster *v1alpha1.MetricsCluster, objects []client.Object, version string) (upgrade.State, map[string]liveWorkload, error) {
+	state := upgrade.State{Topology: cluster.Spec.Topology, Version: version}
+	live := map[string]liveWorkload{}
+	inPlan := map[string]bool{}
+	for _, name := range upgrade.Order(cluster.Spec.Topology) {
+		inPlan[name] = true
+	}
+	for _, obj := range objects {
+		component := obj.GetLabels()[manifests.LabelComponent]
+		desired, ok := podTemplate(obj)
+		if !ok || !inPlan[component] {
+			continue
+		}
+		existing := obj.DeepCopyObject().(client.Object)
+		err := r.Client.Get(ctx, client.ObjectKeyFromObject(obj), existing)
+		if apierrors.IsNotFound(err) {
+			continue
+		} else if err != nil {
+			return state, nil, fmt.Errorf("get %s workload: %w", component, err)
+		}
+		template, _ := podTemplate(existing)
+		c := upgrade.Component{
+			Name:             component,
+			DesiredRevision:  desired.Annotations[manifests.TemplateHashAnnotation],
+			TemplateRevision: template.Annotations[manifests.TemplateHashAnnotation],
+		}
+		switch w := existing.(type) {
+		case *appsv1.StatefulSet:
+			c.Replicas = replicas(w.Spec.Replicas)
+			c.OnDelete = w.Spec.UpdateStrategy.Type == appsv1.OnDeleteStatefulSetStrategyType
+		case *appsv1.Deployment:
+			c.Replicas = replicas(w.Spec.Replicas)
+		}
+		var pods corev1.PodList
+		if err := r.Client.List(ctx, &pods, client.InNamespace(cluster.Namespace),
+			client.MatchingLabels(manifests.SelectorLabels(cluster.Name, component))); err != nil {
+			return state, nil, fmt.Errorf("list pods of %s: %w", component, err)
+		}
+		lw := liveWorkload{template: *template.DeepCopy(), podUIDs: map[string]types.UID{}}
+		for i := range pods.Items {
+			c.Pods = append(c.Pods, observePod(&pods.Items[i], component))
+			lw.podUIDs[pods.Items[i].Name] = pods.Items[i].UID
+		}
+		live[component] = lw
+		state.Components = append(state.Components, c)
+	}
+	if cluster.Spec.Topology == v1alpha1.TopologyMicroservices {
+		r.observeRing(ctx, cluster, &state)
+	}
+	return state, live, nil
+}
+
+// observeRing fills in the ingesters' ring states. Without a RingReader the ring check is disabled: every
+// Ready ingester pod counts as ACTIVE. A ring that cannot be read leaves RingObserved false, so the planner
+// waits.
+func (r *MetricsClusterReconciler) observeRing(ctx context.Context, cluster *v1alpha1.MetricsCluster, state *upgrade.State) {
+	index := -1
+	for i, c := range state.Components {
+		if c.Name == manifests.ComponentIngester {
+			index = i
+		}
+	}
+	if index < 0 {
+		return
+	}
+	ingesters := state.Components[index].Pods
+	if r.Ring == nil {
+		state.RingObserved = true
+		for i := range ingesters {
+			if ingesters[i].Ready {
+				ingesters[i].Ring = upgrade.RingActive
+			}
+		}
+		return
+	}
+	members, err := r.Ring.ReadRing(ctx, cluster)
+	if err != nil {
+		return
+	}
+	state.RingObserved = true
+	byPod := map[string]int{}
+	for i := range ingesters {
+		byPod[ingesters[i].Name] = i
+	}
+	for _, m := range members {
+		if i, ok := byPod[m.ID]; ok {
+			ingesters[i].Ring = m.State
+		} else {
+			state.StrayRingMembers = append(state.StrayRingMembers, m)
+		}
+	}
+}
+
+// observePod is a pod as the planner sees it.
+func observePod(pod *corev1.Pod, component string) upgrade.Pod {
+	p := upgrade.Pod{
+		Name:        pod.Name,
+		Revision:    pod.Annotations[manifests.TemplateHashAnnotation],
+		Terminating: pod.DeletionTimestamp != nil,
+	}
+	if ordinal, err := strconv.Atoi(pod.Labels[appsv1.PodIndexLabel]); err == nil {
+		p.Ordinal = ordinal
+	}
+	container := component
+	if component == manifests.TargetAll {
+		container = manifests.AppCortex
+	}
+	for _, c := range pod.Spec.Containers {
+		if c.Name == container {
+			if i := strings.LastIndex(c.Image, ":"); i >= 0 && !strings.Contains(c.Image[i:], "/") {
+				p.Version = c.Image[i+1:]
+			}
+		}
+	}
+	p.NotReadySince = pod.CreationTimestamp.Time
+	for _, cond := range pod.Status.Conditions {
+		if cond.Type != corev1.PodReady {
+			continue
+		}
+		p.Ready = cond.Status == corev1.ConditionTrue
+		if !cond.LastTransitionTime.IsZero() {
+			p.NotReadySince = cond.LastTransitionTime.Time
+		}
+	}
+	if p.Ready {
+		p.NotReadySince = time.Time{}
+	}
+	for _, s := range pod.Status.ContainerStatuses {
+		if s.Name != container {
+			continue
+		}
+		p.RestartCount = s.RestartCount
+		if s.State.Waiting != nil {
+			p.WaitingReason = s.State.Waiting.Reason
+		}
+	}
+	return p
+}
+
+// podTemplate is a pointer to the pod template of a Deployment or StatefulSet.
+func podTemplate(obj client.Object) (*corev1.PodTemplateSpec, bool) {
+	switch w := obj.(type) {
+	case *appsv1.StatefulSet:
+		return &w.Spec.Template, true
+	case *appsv1.Deployment:
+		return &w.Spec.Template, true
+	}
+	return nil, false
+}
+
+// gateTemplates keeps the live pod template in every built Cortex workload that the rollout has not reached,
+// or in all of them when hold is set (a refused version).
+func gateTemplates(objects []client.Object, state upgrade.State, live map[string]liveWorkload, now time.Time, hold bool) {
+	for _, obj := range objects {
+		component := obj.GetLabels()[manifests.LabelComponent]
+		lw, exists := live[component]
+		template, ok := podTemplate(obj)
+		if !ok || !exists {
+			continue
+		}
+		if template.Annotations[manifests.TemplateHashAnnotation] == lw.template.Annotations[manifests.TemplateHashAnnotation] {
+			continue
+		}
+		if hold || !upgrade.MayApplyTemplate(state, now, component) {
+			*template = *lw.template.DeepCopy()
+		}
+	}
+}
+
+// executeAction carries out the planner's action after the objects are applied (ApplyComponent is carried
+// out by gateTemplates letting the template through).
+func (r *MetricsClusterReconciler) executeAction(ctx context.Context, cluster *v1alpha1.MetricsCluster, action upgrade.Action, live map[string]liveWorkload) (time.Duration, error) {
+	switch action.Kind {
+	case upgrade.DeletePod:
+		uid := live[action.Component].podUIDs[action.Pod]
+		pod := &corev1.Pod{}
+		pod.Namespace, pod.Name = cluster.Namespace, action.Pod
+		// No grace period override: the ingester gets its full termination grace period to flush.
+		if err := r.Client.Delete(ctx, pod, client.Preconditions{UID: &uid}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			return 0, fmt.Errorf("delete pod %s to roll it out: %w", action.Pod, err)
+		}
+		return upgradeRequeue, nil
+	case upgrade.Wait, upgrade.Stalled:
+		return upgradeRequeue, nil
+	}
+	return 0, nil
+}
