@@ -159,6 +159,19 @@ func newTenantCommand() *cobra.Command {
 	return tenant
 }
 
+func newUpgradeCommand() *cobra.Command {
+	upgradeCmd := &cobra.Command{Use: "upgrade", Short: "Upgrade a cluster to this CLI's version"}
+	upgradeCmd.AddCommand(&cobra.Command{
+		Use:   "local NAME",
+		Short: "Upgrade the controller and CRDs of a local cluster, wait for the rollout, then verify it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return upgradeLocal(cmd.Context(), args[0], cmd.OutOrStdout())
+		},
+	})
+	return upgradeCmd
+}
+
 func newVerifyCommand() *cobra.Command {
 	verify := &cobra.Command{Use: "verify", Short: "Write a canary sample through the gateway and read it back"}
 	var tenant string

@@ -18,7 +18,7 @@ func NewRootCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newVersionCommand(), newCreateCommand(), newDestroyCommand(), newStatusCommand(),
-		newListCommand(), newTenantCommand(), newVerifyCommand(), newLocalCommand())
+		newListCommand(), newTenantCommand(), newUpgradeCommand(), newVerifyCommand(), newLocalCommand())
 	return root
 }
 

@@ -55,3 +55,16 @@ func TestTokenFilesAreReadableOnlyByTheirOwner(t *testing.T) {
 		t.Fatalf("token file holds %q", data)
 	}
 }
+
+func TestImageTag(t *testing.T) {
+	for image, want := range map[string]string{
+		"opstrace/opstrace-controller:dev":       "dev",
+		"cortexproject/cortex:v1.21.1":           "v1.21.1",
+		"registry.local:5000/opstrace/gateway":   "latest",
+		"registry.local:5000/opstrace/gw:v0.2.0": "v0.2.0",
+	} {
+		if got := imageTag(image); got != want {
+			t.Errorf("imageTag(%q) = %q, want %q", image, got, want)
+		}
+	}
+}

@@ -228,6 +228,27 @@ func TestLocalCluster(t *testing.T) {
 		t.Fatalf("a forged token got %d %s, want 401", code, body)
 	}
 
+	// Upgrade in place (same versions here: the controller is re-installed, CRDs re-applied), then restart
+	// Cortex: the samples already written come back from its WAL on the local volume.
+	upgradeStart := time.Now()
+	if out, err := c.opstrace("upgrade", "local", c.name); err != nil || !strings.Contains(out, "verified local cluster") {
+		t.Fatalf("opstrace upgrade local: %v\n%s", err, out)
+	}
+	t.Logf("upgrade local (controller re-installed, rollout waited, verified): %s", time.Since(upgradeStart).Round(time.Millisecond))
+	restarted := time.Now()
+	if out, err := c.kubectl("", "delete", "pod", c.name+"-all-0", "-n", "opstrace", "--wait=true"); err != nil {
+		t.Fatalf("restart Cortex: %v\n%s", err, out)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		if got, code := c.query(tokenA, "e2e_probe", now); code == 200 && fmt.Sprint(got) == "map[default:1]" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("after Cortex restarted, the sample written before is not readable within 2 minutes")
+		}
+	}
+	t.Logf("Cortex pod deleted → earlier sample readable again: %s", time.Since(restarted).Round(time.Millisecond))
+
 	deleted := time.Now()
 	if out, err := c.kubectl("", "delete", "tenant", "team-b", "-n", "opstrace"); err != nil {
 		t.Fatalf("kubectl delete tenant: %v\n%s", err, out)
