@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -16,21 +15,9 @@ import (
 
 	"github.com/opstrace/opstrace/internal/gateway"
 	"github.com/opstrace/opstrace/internal/manifests"
+	"github.com/opstrace/opstrace/internal/testenv"
 	"github.com/opstrace/opstrace/internal/tokens"
 )
-
-// loopback serves h on 127.0.0.1 until the test ends.
-func loopback(t *testing.T, h http.Handler) *httptest.Server {
-	t.Helper()
-	listener, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := &httptest.Server{Listener: listener, Config: &http.Server{Handler: h}}
-	server.Start()
-	t.Cleanup(server.Close)
-	return server
-}
 
 // answer is a request through the gateway's handler: the status and, for a refusal, its reason.
 func answer(h http.Handler, method, path, token string) (int, string) {
@@ -104,7 +91,7 @@ func TestTheAuthSecretIsWatchedThroughTheAPIServer(t *testing.T) {
 	go func() { watcher.Run(ctx); close(watching) }()
 	defer func() { cancel(); <-watching }()
 
-	upstream, err := gateway.NewUpstream("query-frontend", []string{loopback(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})).URL})
+	upstream, err := gateway.NewUpstream("query-frontend", []string{testenv.LoopbackServer(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})).URL})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/opstrace/opstrace/internal/gateway"
 	"github.com/opstrace/opstrace/internal/remotewrite"
+	"github.com/opstrace/opstrace/internal/testenv"
 	"github.com/opstrace/opstrace/internal/tokens"
 )
 
@@ -38,7 +39,7 @@ func startBackends(t *testing.T, names ...string) *backends {
 	t.Helper()
 	b := &backends{ports: map[string]int32{}, hits: map[string]int{}}
 	for _, name := range names {
-		server := loopback(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		server := testenv.LoopbackServer(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
 			b.mu.Lock()
 			b.hits[name]++
 			b.mu.Unlock()

@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/opstrace/opstrace/internal/remotewrite"
+	"github.com/opstrace/opstrace/internal/testenv"
 )
 
 // recorder stands in for a Cortex component where only what the gateway forwards matters; the integration
@@ -57,18 +58,6 @@ func (rec *recorder) last(t *testing.T) (*http.Request, []byte) {
 	return rec.requests[len(rec.requests)-1], rec.bodies[len(rec.bodies)-1]
 }
 
-func newLoopbackServer(t *testing.T, h http.Handler) *httptest.Server {
-	t.Helper()
-	listener, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := &httptest.Server{Listener: listener, Config: &http.Server{Handler: h}}
-	server.Start()
-	t.Cleanup(server.Close)
-	return server
-}
-
 type gatewayFixture struct {
 	*fixture
 	handler       *Handler
@@ -80,11 +69,11 @@ type gatewayFixture struct {
 func newGatewayFixture(t *testing.T, maxBody int64) *gatewayFixture {
 	t.Helper()
 	g := &gatewayFixture{fixture: newFixture(t), distributor: &recorder{}, queryFrontend: &recorder{}, registry: prometheus.NewRegistry()}
-	distributor, err := NewUpstream("distributor", []string{newLoopbackServer(t, g.distributor).URL})
+	distributor, err := NewUpstream("distributor", []string{testenv.LoopbackServer(t, g.distributor).URL})
 	if err != nil {
 		t.Fatal(err)
 	}
-	queryFrontend, err := NewUpstream("query-frontend", []string{newLoopbackServer(t, g.queryFrontend).URL})
+	queryFrontend, err := NewUpstream("query-frontend", []string{testenv.LoopbackServer(t, g.queryFrontend).URL})
 	if err != nil {
 		t.Fatal(err)
 	}
