@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
@@ -55,15 +56,15 @@ func (r *MetricsClusterReconciler) observeWorkloads(ctx context.Context, cluster
 	found := map[string]workloadFact{}
 	for _, d := range deployments.Items {
 		found[d.Labels[manifests.LabelComponent]] = workloadFact{
-			exists: true, desired: replicas(d.Spec.Replicas), ready: d.Status.ReadyReplicas,
-			updated: d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas >= replicas(d.Spec.Replicas),
+			exists: true, desired: ptr.Deref(d.Spec.Replicas, 1), ready: d.Status.ReadyReplicas,
+			updated: d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas >= ptr.Deref(d.Spec.Replicas, 1),
 			current: d.Status.Replicas == d.Status.UpdatedReplicas, image: firstImage(d.Spec.Template.Spec.Containers),
 		}
 	}
 	for _, s := range statefulSets.Items {
 		found[s.Labels[manifests.LabelComponent]] = workloadFact{
-			exists: true, desired: replicas(s.Spec.Replicas), ready: s.Status.ReadyReplicas,
-			updated: s.Status.ObservedGeneration >= s.Generation && s.Status.UpdatedReplicas >= replicas(s.Spec.Replicas),
+			exists: true, desired: ptr.Deref(s.Spec.Replicas, 1), ready: s.Status.ReadyReplicas,
+			updated: s.Status.ObservedGeneration >= s.Generation && s.Status.UpdatedReplicas >= ptr.Deref(s.Spec.Replicas, 1),
 			current: s.Status.CurrentRevision == s.Status.UpdateRevision, image: firstImage(s.Spec.Template.Spec.Containers),
 		}
 	}
@@ -81,13 +82,6 @@ func expectedComponents(topology v1alpha1.Topology) []string {
 		return append(append([]string{}, manifests.MicroservicesComponents...), manifests.ComponentGateway)
 	}
 	return []string{manifests.TargetAll, manifests.ComponentGateway}
-}
-
-func replicas(r *int32) int32 {
-	if r == nil {
-		return 1
-	}
-	return *r
 }
 
 func firstImage(containers []corev1.Container) string {

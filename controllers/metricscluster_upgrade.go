@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
@@ -121,10 +122,10 @@ func (r *MetricsClusterReconciler) observeUpgrade(ctx context.Context, cluster *
 		}
 		switch w := existing.(type) {
 		case *appsv1.StatefulSet:
-			c.Replicas = replicas(w.Spec.Replicas)
+			c.Replicas = ptr.Deref(w.Spec.Replicas, 1)
 			c.OnDelete = w.Spec.UpdateStrategy.Type == appsv1.OnDeleteStatefulSetStrategyType
 		case *appsv1.Deployment:
-			c.Replicas = replicas(w.Spec.Replicas)
+			c.Replicas = ptr.Deref(w.Spec.Replicas, 1)
 		}
 		var pods corev1.PodList
 		if err := r.Client.List(ctx, &pods, client.InNamespace(cluster.Namespace),

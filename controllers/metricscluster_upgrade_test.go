@@ -9,6 +9,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
@@ -104,9 +105,9 @@ func (h *harness) settle(cluster, component string) {
 	var count int32
 	existing := h.pods(cluster, component)
 	if isStatefulSet {
-		count = replicas(sts.Spec.Replicas)
+		count = ptr.Deref(sts.Spec.Replicas, 1)
 	} else {
-		count = replicas(obj.(*appsv1.Deployment).Spec.Replicas)
+		count = ptr.Deref(obj.(*appsv1.Deployment).Spec.Replicas, 1)
 	}
 	for i := 0; i < int(count); i++ {
 		name := obj.GetName() + "-" + strconv.Itoa(i)

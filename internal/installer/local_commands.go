@@ -13,6 +13,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/spf13/cobra"
@@ -240,19 +241,15 @@ func (c localCluster) status(cmd *cobra.Command, out io.Writer) (bool, error) {
 		msg   string
 	}
 	var rows []row
+	workload := func(obj metav1.Object, replicas *int32, ready int32) row {
+		want := ptr.Deref(replicas, 1)
+		return row{obj.GetNamespace() + "/" + obj.GetName(), ready >= want, fmt.Sprintf("%d/%d ready", ready, want)}
+	}
 	for _, d := range deployments.Items {
-		want := int32(1)
-		if d.Spec.Replicas != nil {
-			want = *d.Spec.Replicas
-		}
-		rows = append(rows, row{d.Namespace + "/" + d.Name, d.Status.ReadyReplicas >= want, fmt.Sprintf("%d/%d ready", d.Status.ReadyReplicas, want)})
+		rows = append(rows, workload(&d, d.Spec.Replicas, d.Status.ReadyReplicas))
 	}
 	for _, s := range statefulSets.Items {
-		want := int32(1)
-		if s.Spec.Replicas != nil {
-			want = *s.Spec.Replicas
-		}
-		rows = append(rows, row{s.Namespace + "/" + s.Name, s.Status.ReadyReplicas >= want, fmt.Sprintf("%d/%d ready", s.Status.ReadyReplicas, want)})
+		rows = append(rows, workload(&s, s.Spec.Replicas, s.Status.ReadyReplicas))
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].name < rows[j].name })
 	for _, r := range rows {

@@ -9,6 +9,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
@@ -56,10 +57,7 @@ func upgradeLocal(ctx context.Context, name string, out io.Writer) error {
 		if err := kube.Get(ctx, controllerKey, &deployment); err != nil {
 			return false, ""
 		}
-		want := int32(1)
-		if deployment.Spec.Replicas != nil {
-			want = *deployment.Spec.Replicas
-		}
+		want := ptr.Deref(deployment.Spec.Replicas, 1)
 		s := deployment.Status
 		done := s.ObservedGeneration >= deployment.Generation && s.UpdatedReplicas == want && s.AvailableReplicas == want && s.Replicas == want
 		return done, fmt.Sprintf("%d/%d updated and available", s.AvailableReplicas, want)
