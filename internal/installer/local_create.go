@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
+	"github.com/opstrace/opstrace/internal/local/supervisor"
 	"github.com/opstrace/opstrace/internal/manifests"
 	"github.com/opstrace/opstrace/internal/remotewrite"
 	"github.com/opstrace/opstrace/internal/version"
@@ -316,13 +317,11 @@ func suffix(detail string) string {
 	return ": " + detail
 }
 
-// tail returns the last n lines of a file.
+// tail returns the last n lines of a log file, indented.
 func tail(path string, n int) string {
-	data, err := os.ReadFile(path)
+	lines, err := supervisor.LastLines(path, n)
 	if err != nil {
 		return "  (" + err.Error() + ")"
 	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	lines = lines[max(0, len(lines)-n):]
 	return "  " + strings.Join(lines, "\n  ")
 }
