@@ -279,8 +279,9 @@ func podSummary(pods []corev1.Pod) []string {
 // its command line.
 func assertNoProcesses(t *testing.T, stateDir string, pids map[string]int) {
 	t.Helper()
+	// Owned, not Alive: under a parallel `make test` a recorded pid can already belong to an unrelated process.
 	for name, pid := range pids {
-		if supervisor.Alive(pid) {
+		if supervisor.Owned(pid, stateDir) {
 			t.Errorf("%s (pid %d) still runs", name, pid)
 		}
 	}
