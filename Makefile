@@ -5,6 +5,11 @@ ETCD_VERSION ?= v3.7.3
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 # The Cortex release the controller runs by default; tests run this binary for real.
 CORTEX_VERSION ?= v1.21.1
+# The release before it (manifests.PreviousCortexVersion): upgrade tests move a cluster from it to CORTEX_VERSION.
+CORTEX_PREVIOUS_VERSION ?= v1.20.1
+# Logs (grafana/loki) and S3 for the local cluster (MinIO publishes no semver tags: a pseudo-version).
+LOKI_VERSION ?= v3.7.8
+MINIO_VERSION ?= v0.0.0-20260212201848-7aac2a2c5b7c
 # CRDs the controller tests install, from these projects' Go modules.
 CERT_MANAGER_VERSION ?= v1.21.2
 PROMETHEUS_OPERATOR_VERSION ?= v0.94.1
@@ -62,13 +67,16 @@ verify: controller-gen ## Fail when generated files, formatting, go.mod or go ve
 ##@ Tools
 
 .PHONY: test-tools
-test-tools: ## Build (once per machine) kube-apiserver, etcd, kubectl and Cortex for tests.
+test-tools: ## Build (once per machine) kube-apiserver, etcd, kubectl, Cortex, Loki and MinIO for tests.
 	hack/install-tool.sh kube-apiserver $(KUBERNETES_VERSION)
 	hack/install-tool.sh kube-controller-manager $(KUBERNETES_VERSION)
 	hack/install-tool.sh kube-scheduler $(KUBERNETES_VERSION)
 	hack/install-tool.sh kubectl $(KUBERNETES_VERSION)
 	hack/install-tool.sh etcd $(ETCD_VERSION)
 	hack/install-tool.sh cortex $(CORTEX_VERSION)
+	hack/install-tool.sh cortex $(CORTEX_PREVIOUS_VERSION) cortex-$(CORTEX_PREVIOUS_VERSION)
+	hack/install-tool.sh loki $(LOKI_VERSION)
+	hack/install-tool.sh minio $(MINIO_VERSION)
 	hack/install-tool.sh cert-manager-crds $(CERT_MANAGER_VERSION)
 	hack/install-tool.sh prometheus-operator-crds $(PROMETHEUS_OPERATOR_VERSION)
 

@@ -7,15 +7,17 @@
 # reached from our build machines.
 set -euo pipefail
 
-name=${1:?usage: install-tool.sh NAME VERSION}
-version=${2:?usage: install-tool.sh NAME VERSION}
+name=${1:?usage: install-tool.sh NAME VERSION [LINK]}
+version=${2:?usage: install-tool.sh NAME VERSION [LINK]}
+# LINK names the link in bin/ (default NAME), so two versions of one tool can sit side by side.
+linkname=${3:-$name}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${OPSTRACE_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/opstrace/tools}
 target="$cache/$name-$version"
 mkdir -p "$cache" "$root/bin"
 
-link() { ln -sfn "$target" "$root/bin/$name"; }
+link() { ln -sfn "$target" "$root/bin/$linkname"; }
 
 if [[ -x "$target" ]]; then
   link
@@ -73,6 +75,20 @@ case "$name" in
     copy_replaces github.com/cortexproject/cortex "$version"
     (cd "$work" && go build -trimpath -tags netgo,slicelabels -ldflags "-s -w" -o "$target.tmp" \
       github.com/cortexproject/cortex/cmd/cortex)
+    ;;
+  loki)
+    # Loki's Makefile builds with -tags netgo. Its replace of github.com/grafana/loki/pkg/push => ./pkg/push is
+    # local and skipped, so that module resolves to its published pseudo-version. AGPL: run only as a process.
+    wrapper github.com/grafana/loki/v3 "$version"
+    copy_replaces github.com/grafana/loki/v3 "$version"
+    (cd "$work" && go build -trimpath -tags netgo -ldflags "-s -w" -o "$target.tmp" \
+      github.com/grafana/loki/v3/cmd/loki)
+    ;;
+  minio)
+    # MinIO publishes no semver tags; VERSION is the pseudo-version the proxy serves. AGPL: run only as a process.
+    wrapper github.com/minio/minio "$version"
+    copy_replaces github.com/minio/minio "$version"
+    (cd "$work" && go build -trimpath -tags kqueue -ldflags "-s -w" -o "$target.tmp" github.com/minio/minio)
     ;;
   cert-manager-crds|prometheus-operator-crds)
     # CRD manifests shipped inside the projects' Go modules, for tests that need the kinds to exist.

@@ -152,14 +152,28 @@ func findBinaries() (binaries, error) {
 
 func (b binaries) path(name string) string { return filepath.Join(b.dir, name) }
 
+// optionalImages are images whose binaries `make test-tools` builds but a local cluster can run without:
+// Loki (logs), MinIO (S3 for the microservices topology) and the previous Cortex release (upgrade tests).
+var optionalImages = []struct{ binary, image string }{
+	{"loki", "grafana/loki"},
+	{"minio", "minio/minio"},
+	{"cortex-" + manifests.PreviousCortexVersion, manifests.CortexImage(manifests.PreviousCortexVersion)},
+}
+
 // images maps the images of the chart and the controller's manifests to this build's binaries.
 func (b binaries) images() []string {
 	cortex, _ := filepath.EvalSymlinks(b.path("cortex"))
-	return append([]string{
+	images := []string{
 		"opstrace/opstrace-controller=" + b.path("opstrace-controller"),
 		"opstrace/opstrace-gateway=" + b.path("opstrace-gateway"),
 		manifests.CortexImage(manifests.DefaultCortexVersion) + "=" + cortex,
-	}, b.extraImages...)
+	}
+	for _, optional := range optionalImages {
+		if path, err := filepath.EvalSymlinks(b.path(optional.binary)); err == nil {
+			images = append(images, optional.image+"="+path)
+		}
+	}
+	return append(images, b.extraImages...)
 }
 
 // startSupervisor opens the host listeners and starts `opstrace local run NAME` detached, in its own network

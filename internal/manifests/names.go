@@ -12,6 +12,10 @@ import (
 // place the pinned version lives; hack/install-tool.sh builds the same release for the tests.
 const DefaultCortexVersion = "v1.21.1"
 
+// PreviousCortexVersion is the release before DefaultCortexVersion that upgrades are tested from: the newest
+// v1.20 the Go module proxy serves (it refuses v1.21.0).
+const PreviousCortexVersion = "v1.20.1"
+
 // Cortex components. Each is both a Cortex -target and the suffix of the names of its Kubernetes objects.
 const (
 	// TargetAll is the one process of topology single: every component below plus ruler and alertmanager.
