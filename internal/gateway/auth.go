@@ -26,6 +26,10 @@ type TenantPolicy struct {
 	// IngestionRate and IngestionBurst are in samples per second; 0 means no limit at the gateway.
 	IngestionRate  int64 `json:"ingestionRate,omitempty"`
 	IngestionBurst int64 `json:"ingestionBurst,omitempty"`
+	// LogIngestionRate and LogIngestionBurst limit Loki pushes, in bytes per second and bytes of the
+	// uncompressed push payload (the decoded body: JSON or snappy-decoded protobuf); 0 means no limit.
+	LogIngestionRate  int64 `json:"logIngestionRate,omitempty"`
+	LogIngestionBurst int64 `json:"logIngestionBurst,omitempty"`
 }
 
 // ParseTenantList decodes the controller's tenant list, refusing unknown fields so that a controller newer than
