@@ -358,6 +358,66 @@ func TestInvalidObjectsAreRejectedWithTheFieldAndTheFix(t *testing.T) {
 			field: "spec.tls.issuerRef.kind", want: `supported values: "Issuer", "ClusterIssuer"`,
 		},
 		{
+			name: "logs bucket with filesystem storage",
+			object: cluster(func(mc *v1alpha1.MetricsCluster) {
+				mc.Spec.Topology = v1alpha1.TopologySingle
+				mc.Spec.Storage = v1alpha1.StorageSpec{Type: v1alpha1.StorageFilesystem}
+				mc.Spec.Logs.Storage.Bucket = "logs-bucket"
+			}),
+			field: "spec.logs.storage.bucket", want: "applies only to storage.type s3 or gcs",
+		},
+		{
+			name:   "logs bucket that is the metrics bucket",
+			object: cluster(func(mc *v1alpha1.MetricsCluster) { mc.Spec.Logs.Storage.Bucket = "metrics-bucket" }),
+			field:  "spec.logs.storage.bucket", want: "must differ from the metrics bucket",
+		},
+		{
+			name: "gcs logs bucket that is the metrics bucket",
+			object: cluster(func(mc *v1alpha1.MetricsCluster) {
+				mc.Spec.Storage = v1alpha1.StorageSpec{Type: v1alpha1.StorageGCS, GCS: &v1alpha1.GCSStorage{Bucket: "metrics_bucket"}}
+				mc.Spec.Logs.Storage.Bucket = "metrics_bucket"
+			}),
+			field: "spec.logs.storage.bucket", want: "must differ from the metrics bucket",
+		},
+		{
+			name:   "s3 logs bucket with an underscore",
+			object: cluster(func(mc *v1alpha1.MetricsCluster) { mc.Spec.Logs.Storage.Bucket = "team_logs" }),
+			field:  "spec.logs.storage.bucket", want: "must not contain '_' for storage.type s3",
+		},
+		{
+			name:   "logs bucket with capitals",
+			object: cluster(func(mc *v1alpha1.MetricsCluster) { mc.Spec.Logs.Storage.Bucket = "Logs" }),
+			field:  "spec.logs.storage.bucket", want: "3 to 63 lowercase letters",
+		},
+		{
+			name:   "logs version that is not a release",
+			object: cluster(func(mc *v1alpha1.MetricsCluster) { mc.Spec.Logs.Version = "3.7" }),
+			field:  "spec.logs.version", want: "must be a Loki release such as v3.7.8",
+		},
+		{
+			name:   "negative logs retention",
+			object: cluster(func(mc *v1alpha1.MetricsCluster) { mc.Spec.Retention.LogsDays = -1 }),
+			field:  "spec.retention.logsDays", want: "should be greater than or equal to 1",
+		},
+		{
+			name: "log burst below log rate",
+			object: cluster(func(mc *v1alpha1.MetricsCluster) {
+				mc.Spec.DefaultTenantLimits.LogIngestionRate = ptr.To[int64](4 << 20)
+				mc.Spec.DefaultTenantLimits.LogIngestionBurst = ptr.To[int64](1 << 20)
+			}),
+			field: "spec.defaultTenantLimits.logIngestionBurst", want: "must be at least logIngestionRate (both in bytes)",
+		},
+		{
+			name:   "zero log ingestion rate",
+			object: tenant(func(t *v1alpha1.Tenant) { t.Spec.Limits.LogIngestionRate = ptr.To[int64](0) }),
+			field:  "spec.limits.logIngestionRate", want: "should be greater than or equal to 1",
+		},
+		{
+			name:   "tenant log retention beyond ten years",
+			object: tenant(func(t *v1alpha1.Tenant) { t.Spec.Limits.LogRetentionDays = ptr.To[int32](4000) }),
+			field:  "spec.limits.logRetentionDays", want: "should be less than or equal to 3650",
+		},
+		{
 			name:   "tenant named system",
 			object: tenant(func(t *v1alpha1.Tenant) { t.Name = v1alpha1.SystemTenant }),
 			field:  "metadata", want: "'system' is reserved",
@@ -428,6 +488,18 @@ func TestImmutableFieldsCannotChangeAndStoredObjectsSurvive(t *testing.T) {
 			field: "spec.storage", want: "storage cannot be changed after creation",
 		},
 		{
+			name:   "logs bucket added",
+			object: cluster(func(mc *v1alpha1.MetricsCluster) { mc.Name = "metrics-3" }),
+			mutate: func(o client.Object) { o.(*v1alpha1.MetricsCluster).Spec.Logs.Storage.Bucket = "logs-bucket" },
+			field:  "spec.logs.storage", want: "logs.storage cannot be changed after creation",
+		},
+		{
+			name:   "logs bucket changed",
+			object: cluster(func(mc *v1alpha1.MetricsCluster) { mc.Name = "metrics-4"; mc.Spec.Logs.Storage.Bucket = "logs-bucket" }),
+			mutate: func(o client.Object) { o.(*v1alpha1.MetricsCluster).Spec.Logs.Storage.Bucket = "other-logs" },
+			field:  "spec.logs.storage", want: "logs.storage cannot be changed after creation",
+		},
+		{
 			name:   "tenant cluster",
 			object: tenant(func(t *v1alpha1.Tenant) { t.Spec.ClusterName = "metrics" }),
 			mutate: func(o client.Object) { o.(*v1alpha1.Tenant).Spec.ClusterName = "metrics-2" },
@@ -469,5 +541,32 @@ func TestImmutableFieldsCannotChangeAndStoredObjectsSurvive(t *testing.T) {
 	mc.Spec.Retention.MetricsDays = 90
 	if err := env.Client.Update(ctx, &mc); err != nil {
 		t.Fatalf("changing retention was rejected: %v", err)
+	}
+}
+
+func TestLogsAreOnByDefaultAndCanBeTurnedOff(t *testing.T) {
+	ns := newNamespace(t)
+	ctx := context.Background()
+	mc := cluster(func(*v1alpha1.MetricsCluster) {})
+	mc.Namespace = ns
+	if err := env.Client.Create(ctx, mc); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	var stored v1alpha1.MetricsCluster
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(mc), &stored); err != nil {
+		t.Fatal(err)
+	}
+	if stored.Spec.Logs.Enabled == nil || !*stored.Spec.Logs.Enabled || stored.Spec.Logs.Version != "" ||
+		stored.Spec.Logs.Storage.Bucket != "" || stored.Spec.Retention.LogsDays != 7 {
+		t.Fatalf("defaults = logs %+v, logsDays %d; want logs enabled, no version or bucket, 7 days",
+			stored.Spec.Logs, stored.Spec.Retention.LogsDays)
+	}
+	stored.Spec.Logs.Enabled = ptr.To(false)
+	stored.Spec.Logs.Version = "v3.7.8"
+	if err := env.Client.Update(ctx, &stored); err != nil {
+		t.Fatalf("turning logs off was rejected: %v", err)
+	}
+	if stored.Spec.Logs.IsEnabled() {
+		t.Fatal("logs.enabled false reads back as enabled")
 	}
 }

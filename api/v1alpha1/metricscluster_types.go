@@ -50,6 +50,9 @@ const (
 // +kubebuilder:validation:XValidation:rule="self.topology != 'single' || !has(self.components) || !(has(self.components.distributor) || has(self.components.ingester) || has(self.components.querier) || has(self.components.queryFrontend) || has(self.components.storeGateway) || has(self.components.compactor))",message="components: topology single runs one Cortex process, so only components.all and components.gateway apply; set topology microservices to size distributor, ingester, querier, queryFrontend, storeGateway and compactor separately",fieldPath=".components"
 // +kubebuilder:validation:XValidation:rule="self.topology != 'microservices' || !has(self.components) || !has(self.components.all)",message="components.all applies only to topology single; with topology microservices size each component (distributor, ingester, querier, queryFrontend, storeGateway, compactor) instead",fieldPath=".components.all"
 // +kubebuilder:validation:XValidation:rule="self.topology != 'microservices' || self.size == 'demo' || !has(self.components) || !has(self.components.ingester) || !has(self.components.ingester.replicas) || self.components.ingester.replicas >= 3",message="components.ingester.replicas must be at least 3 for size small and medium: every sample is written to 3 ingesters",fieldPath=".components.ingester.replicas"
+// +kubebuilder:validation:XValidation:rule="!has(self.logs) || !has(self.logs.storage) || !has(self.logs.storage.bucket) || self.storage.type != 'filesystem'",message="logs.storage.bucket applies only to storage.type s3 or gcs: with filesystem storage Loki keeps its logs on its own volume; remove logs.storage.bucket",fieldPath=".logs.storage.bucket"
+// +kubebuilder:validation:XValidation:rule="!has(self.logs) || !has(self.logs.storage) || !has(self.logs.storage.bucket) || !(self.storage.type == 's3' && has(self.storage.s3) && self.storage.s3.bucket == self.logs.storage.bucket) && !(self.storage.type == 'gcs' && has(self.storage.gcs) && self.storage.gcs.bucket == self.logs.storage.bucket)",message="logs.storage.bucket must differ from the metrics bucket: Loki and Cortex would both write tenant directories at its root; name another bucket, or leave logs.storage.bucket unset to keep logs under the _logs/ prefix of the metrics bucket",fieldPath=".logs.storage.bucket"
+// +kubebuilder:validation:XValidation:rule="!has(self.logs) || !has(self.logs.storage) || !has(self.logs.storage.bucket) || self.storage.type != 's3' || !self.logs.storage.bucket.contains('_')",message="logs.storage.bucket must not contain '_' for storage.type s3: S3 bucket names are lowercase letters, digits, '.' and '-'",fieldPath=".logs.storage.bucket"
 type MetricsClusterSpec struct {
 	// Version is the Cortex release to run, such as v1.21.1. Empty means the version this controller pins;
 	// it moves forward when the controller is upgraded.
@@ -72,7 +75,8 @@ type MetricsClusterSpec struct {
 	// +optional
 	Components *ComponentOverrides `json:"components,omitempty"`
 
-	// Storage is where metric blocks are kept. It cannot be changed after creation.
+	// Storage is where metric blocks (and, with spec.logs, log chunks and index) are kept. It cannot be changed
+	// after creation.
 	Storage StorageSpec `json:"storage"`
 
 	// Retention is how long metrics and logs are kept.
@@ -92,6 +96,11 @@ type MetricsClusterSpec struct {
 	// DefaultTenantLimits apply to every tenant of this cluster that does not override them.
 	// +optional
 	DefaultTenantLimits TenantLimits `json:"defaultTenantLimits,omitempty"`
+
+	// Logs runs Loki next to Cortex, for every tenant, behind the same gateway; on unless enabled is false.
+	// +kubebuilder:default={}
+	// +optional
+	Logs LogsSpec `json:"logs,omitempty"`
 }
 
 // ComponentOverrides sizes individual components, overriding the size preset.
@@ -230,7 +239,8 @@ type RetentionSpec struct {
 	// +optional
 	MetricsDays int32 `json:"metricsDays,omitempty"`
 
-	// LogsDays is how long log lines are kept, in days.
+	// LogsDays is how long log lines are kept, in days (Loki's compactor deletes older ones), for tenants
+	// without limits.logRetentionDays.
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=3650
 	// +kubebuilder:default=7
@@ -301,18 +311,21 @@ type MetricsClusterStatus struct {
 	// +optional
 	Version string `json:"version,omitempty"`
 
-	// GatewayEndpoint is the URL clients send metrics to and query.
+	// GatewayEndpoint is the URL clients send metrics and logs to and query: the URL of a Grafana Prometheus
+	// or Loki data source.
 	// +optional
 	GatewayEndpoint string `json:"gatewayEndpoint,omitempty"`
 
-	// Conditions: Ready, Progressing, Degraded and one per component.
+	// Conditions: Ready, Progressing, Degraded and one per component, Loki's included (LokiReady, or
+	// LokiDistributorReady, LokiIngesterReady, ... for topology microservices).
 	// +listType=map
 	// +listMapKey=type
 	// +optional
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
-// MetricsCluster is a multi-tenant Cortex metrics store behind an authenticating HTTPS gateway.
+// MetricsCluster is a multi-tenant Cortex metrics store, with Loki for logs, behind an authenticating HTTPS
+// gateway.
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status

@@ -77,6 +77,16 @@ type TenantStatus struct {
 	// +optional
 	QueryURL string `json:"queryURL,omitempty"`
 
+	// LogsPushURL is where log shippers (Promtail, Grafana Alloy, Fluent Bit) push this tenant's logs, with
+	// the token as bearer token. Empty when the cluster runs no Loki.
+	// +optional
+	LogsPushURL string `json:"logsPushURL,omitempty"`
+
+	// LogsURL is the Loki HTTP API of this tenant (LogQL queries and tail): the URL of a Grafana Loki data
+	// source. Empty when the cluster runs no Loki.
+	// +optional
+	LogsURL string `json:"logsURL,omitempty"`
+
 	// Conditions: Ready and Degraded.
 	// +listType=map
 	// +listMapKey=type
