@@ -1,9 +1,9 @@
 // Command opstrace-gateway is a cluster's one HTTPS endpoint: it authenticates tenant tokens and proxies
-// Prometheus remote write and queries to Cortex. Wiring only: flags, files, API server watches, listeners.
+// Prometheus remote write and queries to Cortex, and Loki pushes, queries and tails to Loki. Wiring only: flags, files, API server watches, listeners.
 //
 // It reads from the API server, with its ServiceAccount in a Pod or with --kubeconfig outside one (the local
 // cluster runs it as a process): the auth Secret (key set and tenant list), so a tenant change counts within a
-// second, and the EndpointSlices of the Cortex Services, so it needs neither cluster DNS nor kube-proxy. The
+// second, and the EndpointSlices of the Cortex and Loki Services, so it needs neither cluster DNS nor kube-proxy. The
 // RBAC it needs, a Role in --namespace bound to its ServiceAccount:
 //
 //	rules:
@@ -57,14 +57,17 @@ func run() error {
 		certFile        = flag.String("tls-cert-file", "/etc/opstrace/tls/tls.crt", "Serving certificate (PEM); reloaded when it changes.")
 		keyFile         = flag.String("tls-key-file", "/etc/opstrace/tls/tls.key", "Serving key (PEM); reloaded when it changes.")
 		kubeconfig      = flag.String("kubeconfig", "", "Kubeconfig to reach the API server outside a Pod; empty means the Pod's ServiceAccount.")
-		namespace       = flag.String("namespace", "", "Namespace of the auth Secret and of the Cortex Services. Required.")
+		namespace       = flag.String("namespace", "", "Namespace of the auth Secret and of the Cortex and Loki Services. Required.")
 		authSecret      = flag.String("auth-secret", "", "Secret holding the key set ("+manifests.GatewayAuthKeysKey+") and tenant list ("+manifests.GatewayAuthTenantsKey+"), watched through the API server. Required.")
 		audience        = flag.String("audience", "", "The cluster's name in tokens (their aud claim). Required.")
 		distributor     = flag.String("distributor-service", "", "Service of the Cortex distributors; remote write goes to its ready endpoints. Required.")
 		queryFrontend   = flag.String("query-frontend-service", "", "Service of the Cortex query-frontends; queries go to its ready endpoints. Required.")
-		portName        = flag.String("upstream-port-name", "http", "Name of the Cortex Services' HTTP port.")
-		maxBodyBytes    = flag.Int64("max-body-bytes", 16<<20, "Largest request body accepted.")
-		upstreamTimeout = flag.Duration("upstream-timeout", 2*time.Minute, "Deadline of every call to Cortex.")
+		lokiDistributor = flag.String("loki-distributor-service", "", "Service of the Loki distributors; Loki pushes go to its ready endpoints. Without the three --loki-* flags, the Loki API answers 501: logs are not enabled.")
+		lokiFrontend    = flag.String("loki-query-frontend-service", "", "Service of the Loki query-frontends; Loki queries, labels and series go to its ready endpoints.")
+		lokiQuerier     = flag.String("loki-querier-service", "", "Service of the Loki queriers; live tails (websockets) go to its ready endpoints.")
+		portName        = flag.String("upstream-port-name", "http", "Name of the HTTP port of the Cortex and Loki Services.")
+		maxBodyBytes    = flag.Int64("max-body-bytes", 16<<20, "Largest request body accepted, and largest uncompressed Loki push payload.")
+		upstreamTimeout = flag.Duration("upstream-timeout", 2*time.Minute, "Deadline of every call to Cortex and Loki; for a live tail, of the wait for Loki to accept it.")
 		showVersion     = flag.Bool("version", false, "Print the version and exit.")
 	)
 	flag.Parse()
@@ -79,6 +82,11 @@ func run() error {
 		if required.value == "" {
 			return fmt.Errorf("--%s is required (see --help)", required.name)
 		}
+	}
+	lokiEnabled := *lokiDistributor != "" || *lokiFrontend != "" || *lokiQuerier != ""
+	if lokiEnabled && (*lokiDistributor == "" || *lokiFrontend == "" || *lokiQuerier == "") {
+		return fmt.Errorf("--loki-distributor-service, --loki-query-frontend-service and --loki-querier-service go " +
+			"together: give all three to enable logs (the same Service for a single Loki), or none")
 	}
 
 	config, err := restConfig(*kubeconfig)
@@ -109,14 +117,27 @@ func run() error {
 	}
 	distributors, _ := gateway.NewUpstream("distributor", nil)
 	queryFrontends, _ := gateway.NewUpstream("query-frontend", nil)
-	discovery, err := gateway.NewDiscovery(client, *namespace, *portName, log,
-		gateway.ServiceUpstream{Service: *distributor, Upstream: distributors},
-		gateway.ServiceUpstream{Service: *queryFrontend, Upstream: queryFrontends})
+	services := []gateway.ServiceUpstream{
+		{Service: *distributor, Upstream: distributors},
+		{Service: *queryFrontend, Upstream: queryFrontends},
+	}
+	var loki *gateway.LokiUpstreams
+	if lokiEnabled {
+		loki = &gateway.LokiUpstreams{}
+		loki.Distributor, _ = gateway.NewUpstream("loki-distributor", nil)
+		loki.QueryFrontend, _ = gateway.NewUpstream("loki-query-frontend", nil)
+		loki.Querier, _ = gateway.NewUpstream("loki-querier", nil)
+		services = append(services,
+			gateway.ServiceUpstream{Service: *lokiDistributor, Upstream: loki.Distributor},
+			gateway.ServiceUpstream{Service: *lokiFrontend, Upstream: loki.QueryFrontend},
+			gateway.ServiceUpstream{Service: *lokiQuerier, Upstream: loki.Querier})
+	}
+	discovery, err := gateway.NewDiscovery(client, *namespace, *portName, log, services...)
 	if err != nil {
 		return err
 	}
 	handler := gateway.NewHandler(gateway.Config{
-		Distributor: distributors, QueryFrontend: queryFrontends,
+		Distributor: distributors, QueryFrontend: queryFrontends, Loki: loki,
 		MaxBodyBytes: *maxBodyBytes, UpstreamTimeout: *upstreamTimeout,
 	}, auth, registry, func() bool { return certificate.Loaded() && watcher.Loaded() })
 
@@ -139,7 +160,7 @@ func run() error {
 	go func() { errs <- public.ListenAndServeTLS("", "") }()
 	go func() { errs <- internal.ListenAndServe() }()
 	log.Info("opstrace-gateway serving", "version", version.Version, "address", *listen, "internal", *internalListen,
-		"namespace", *namespace, "authSecret", *authSecret)
+		"namespace", *namespace, "authSecret", *authSecret, "logs", lokiEnabled)
 
 	select {
 	case err := <-errs:

@@ -1,9 +1,10 @@
 // Package gateway is the one HTTPS endpoint of a cluster: it authenticates every request by its tenant token,
 // sets X-Scope-OrgID to the token's tenant, enforces the tenant's ingestion limits, and proxies Prometheus
-// remote write and the Prometheus HTTP API to Cortex.
+// remote write and the Prometheus HTTP API to Cortex, and Loki's push, query and tail API to Loki.
 package gateway
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -36,11 +37,13 @@ type Config struct {
 	// Distributor receives remote write; QueryFrontend serves the Prometheus HTTP API.
 	Distributor   *Upstream
 	QueryFrontend *Upstream
+	// Loki, when not nil, receives the Loki API; nil answers it 501: logs are not enabled on the cluster.
+	Loki *LokiUpstreams
 	// MaxBodyBytes bounds a request body.
 	MaxBodyBytes int64
-	// UpstreamTimeout bounds every call to Cortex.
+	// UpstreamTimeout bounds every call to Cortex and Loki, except a live tail once Loki has accepted it.
 	UpstreamTimeout time.Duration
-	// DialContext connects to Cortex; nil means the standard library's dialer. Tests use it to reach
+	// DialContext connects to Cortex and Loki; nil means the standard library's dialer. Tests use it to reach
 	// loopback servers through the addresses of EndpointSlices, where the API server refuses 127.0.0.0/8.
 	DialContext func(ctx context.Context, network, address string) (net.Conn, error)
 }
@@ -58,15 +61,18 @@ type Handler struct {
 	auth     *Authenticator
 	metrics  *metrics
 	limiters *limiters
-	mux      *http.ServeMux
-	ready    func() bool
+	// logLimiters are the tenants' log ingestion buckets, in bytes.
+	logLimiters *limiters
+	mux         *http.ServeMux
+	ready       func() bool
 }
 
 // NewHandler wires the routes. ready reports whether the TLS certificate and the auth Secret have been loaded.
 func NewHandler(cfg Config, auth *Authenticator, registerer prometheus.Registerer, ready func() bool) *Handler {
-	h := &Handler{cfg: cfg, auth: auth, metrics: newMetrics(registerer), limiters: newLimiters(), ready: ready}
-	write := h.proxy(cfg.Distributor, "")
-	query := h.proxy(cfg.QueryFrontend, cortexPrometheusPrefix)
+	h := &Handler{cfg: cfg, auth: auth, metrics: newMetrics(registerer), limiters: newLimiters(),
+		logLimiters: newLimiters(), ready: ready}
+	write := h.proxy(cfg.Distributor, "", cfg.UpstreamTimeout)
+	query := h.proxy(cfg.QueryFrontend, cortexPrometheusPrefix, cfg.UpstreamTimeout)
 
 	mux := http.NewServeMux()
 	mux.Handle("POST /api/v1/push", h.authenticated("remote_write", h.limitIngestion(write)))
@@ -76,9 +82,7 @@ func NewHandler(cfg Config, auth *Authenticator, registerer prometheus.Registere
 	} {
 		mux.Handle(path, h.authenticated("query", query))
 	}
-	mux.Handle("/loki/", h.authenticated("logs", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		writeError(w, http.StatusNotImplemented, "not_enabled", "logs are not enabled on this cluster")
-	})))
+	h.handleLoki(mux)
 	mux.HandleFunc("GET /-/healthy", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "OK\n") })
 	mux.HandleFunc("GET /-/ready", h.serveReady)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -118,7 +122,10 @@ func (h *Handler) authenticated(route string, next http.Handler) http.Handler {
 		recorder := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		next.ServeHTTP(recorder, r.WithContext(context.WithValue(r.Context(), tenantKey{}, tenant)))
 		h.metrics.requests.WithLabelValues(tenant, route, strconv.Itoa(recorder.status)).Inc()
-		h.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		// An upgraded connection (a live tail) lasts as long as the client wants: not a latency.
+		if recorder.status != http.StatusSwitchingProtocols {
+			h.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		}
 	})
 }
 
@@ -126,15 +133,8 @@ func (h *Handler) authenticated(route string, next http.Handler) http.Handler {
 func (h *Handler) limitIngestion(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tenant := r.Context().Value(tenantKey{}).(string)
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes))
-		if err != nil {
-			var tooLarge *http.MaxBytesError
-			if errors.As(err, &tooLarge) {
-				writeError(w, http.StatusRequestEntityTooLarge, "bad_data",
-					fmt.Sprintf("request body exceeds %d bytes; send fewer samples per request", h.cfg.MaxBodyBytes))
-				return
-			}
-			writeError(w, http.StatusBadRequest, "bad_data", "reading the request body failed")
+		body, ok := h.readBody(w, r, "send fewer samples per request")
+		if !ok {
 			return
 		}
 		samples, err := remotewrite.CountSamples(body)
@@ -143,8 +143,8 @@ func (h *Handler) limitIngestion(next http.Handler) http.Handler {
 			return
 		}
 		policy, _ := h.auth.Policy(tenant)
-		if delay, ok := h.limiters.take(tenant, policy, samples, time.Now()); !ok {
-			h.metrics.rateLimited.WithLabelValues(tenant).Inc()
+		if delay, ok := h.limiters.take(tenant, policy.IngestionRate, policy.IngestionBurst, samples, time.Now()); !ok {
+			h.metrics.rateLimited.WithLabelValues(tenant, "remote_write").Inc()
 			if delay < 0 {
 				writeError(w, http.StatusRequestEntityTooLarge, "bad_data", fmt.Sprintf(
 					"request has %d samples, more than the tenant's ingestion burst of %d", samples, policy.IngestionBurst))
@@ -162,9 +162,28 @@ func (h *Handler) limitIngestion(next http.Handler) http.Handler {
 	})
 }
 
+// readBody reads the request body up to MaxBodyBytes, or answers the client (with the hint for a body that is
+// too large) and returns false.
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, hint string) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			writeError(w, http.StatusRequestEntityTooLarge, "bad_data",
+				fmt.Sprintf("request body exceeds %d bytes; %s", h.cfg.MaxBodyBytes, hint))
+			return nil, false
+		}
+		writeError(w, http.StatusBadRequest, "bad_data", "reading the request body failed")
+		return nil, false
+	}
+	return body, true
+}
+
 // proxy forwards to the upstream under prefix, with the tenant as X-Scope-OrgID and without the client's
-// credentials or any X-Scope-OrgID it sent.
-func (h *Handler) proxy(upstream *Upstream, prefix string) http.Handler {
+// credentials or any X-Scope-OrgID it sent. A positive timeout bounds the whole exchange; without one, only
+// the wait for the response header is bounded (by UpstreamTimeout), as for a live tail, which
+// httputil.ReverseProxy closes when the request's context ends.
+func (h *Handler) proxy(upstream *Upstream, prefix string, timeout time.Duration) http.Handler {
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.ResponseHeaderTimeout = h.cfg.UpstreamTimeout
 	transport.MaxIdleConnsPerHost = 256
@@ -198,8 +217,12 @@ func (h *Handler) proxy(upstream *Upstream, prefix string) http.Handler {
 			writeError(w, http.StatusServiceUnavailable, "unavailable", "no ready "+upstream.Name+" endpoints")
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.WithValue(r.Context(), targetKey{}, target), h.cfg.UpstreamTimeout)
-		defer cancel()
+		ctx := context.WithValue(r.Context(), targetKey{}, target)
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
 		proxy.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
@@ -227,7 +250,21 @@ func (s *statusRecorder) Flush() {
 	}
 }
 
-// limiters keeps one token bucket per tenant, rebuilt when the tenant's limits change.
+// Hijack hands the connection to httputil.ReverseProxy for a protocol upgrade; ReverseProxy writes the 101
+// itself on the hijacked connection, so it is recorded here.
+func (s *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := http.NewResponseController(s.ResponseWriter).Hijack()
+	if err == nil {
+		s.status = http.StatusSwitchingProtocols
+	}
+	return conn, rw, err
+}
+
+// Unwrap lets http.ResponseController reach the server's ResponseWriter.
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// limiters keeps one token bucket per tenant, rebuilt when the tenant's limits change. A tenant's samples and
+// log bytes have separate limiters.
 type limiters struct {
 	mu      sync.Mutex
 	buckets map[string]*bucket
@@ -240,23 +277,23 @@ type bucket struct {
 
 func newLimiters() *limiters { return &limiters{buckets: map[string]*bucket{}} }
 
-// take returns ok when the samples may pass now; otherwise how long to wait, or a negative delay when the
-// request can never pass because it is larger than the burst.
-func (l *limiters) take(tenant string, policy TenantPolicy, samples int, now time.Time) (time.Duration, bool) {
-	if policy.IngestionRate <= 0 {
+// take returns ok when n (samples or bytes) may pass now at limit per second with the given burst (0: no
+// limit); otherwise how long to wait, or a negative delay when the request can never pass because it is
+// larger than the burst.
+func (l *limiters) take(tenant string, limit, burst int64, n int, now time.Time) (time.Duration, bool) {
+	if limit <= 0 {
 		return 0, true
 	}
-	burst := max(policy.IngestionBurst, policy.IngestionRate)
+	burst = max(burst, limit)
 	l.mu.Lock()
 	b := l.buckets[tenant]
-	if b == nil || b.rate != policy.IngestionRate || b.burst != burst {
-		b = &bucket{rate: policy.IngestionRate, burst: burst,
-			limiter: rate.NewLimiter(rate.Limit(policy.IngestionRate), int(burst))}
+	if b == nil || b.rate != limit || b.burst != burst {
+		b = &bucket{rate: limit, burst: burst, limiter: rate.NewLimiter(rate.Limit(limit), int(burst))}
 		l.buckets[tenant] = b
 	}
 	l.mu.Unlock()
 
-	reservation := b.limiter.ReserveN(now, samples)
+	reservation := b.limiter.ReserveN(now, n)
 	if !reservation.OK() {
 		return -1, false
 	}
@@ -273,6 +310,7 @@ type metrics struct {
 	authFailures *prometheus.CounterVec
 	rateLimited  *prometheus.CounterVec
 	samples      *prometheus.CounterVec
+	logBytes     *prometheus.CounterVec
 }
 
 func newMetrics(registerer prometheus.Registerer) *metrics {
@@ -288,12 +326,15 @@ func newMetrics(registerer prometheus.Registerer) *metrics {
 			Name: "opstrace_gateway_auth_failures_total", Help: "Refused requests by reason.",
 		}, []string{"reason"}),
 		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "opstrace_gateway_rate_limited_total", Help: "Remote-write requests refused by the tenant's ingestion limits.",
-		}, []string{"tenant"}),
+			Name: "opstrace_gateway_rate_limited_total", Help: "Pushes refused by the tenant's ingestion limits, by tenant and route (remote_write, logs_push).",
+		}, []string{"tenant", "route"}),
 		samples: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "opstrace_gateway_samples_total", Help: "Samples accepted for forwarding, by tenant.",
 		}, []string{"tenant"}),
+		logBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "opstrace_gateway_log_bytes_total", Help: "Uncompressed bytes of Loki pushes accepted for forwarding, by tenant.",
+		}, []string{"tenant"}),
 	}
-	registerer.MustRegister(m.requests, m.duration, m.authFailures, m.rateLimited, m.samples)
+	registerer.MustRegister(m.requests, m.duration, m.authFailures, m.rateLimited, m.samples, m.logBytes)
 	return m
 }
