@@ -334,5 +334,5 @@ func (r *MetricsClusterReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&rbacv1.RoleBinding{}).
 		Watches(&v1alpha1.Tenant{}, clustersOfNamespace).
 		Watches(&corev1.Secret{}, clustersOfNamespace)
-	return b.Complete(r)
+	return CortexPodEvents(b).Complete(r)
 }

@@ -13,18 +13,29 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
 	"github.com/opstrace/opstrace/internal/manifests"
 	"github.com/opstrace/opstrace/internal/upgrade"
 )
 
-// upgradeRequeue is how often a rollout that waits for something the controller does not watch (pods, the
-// ring) is observed again.
-const upgradeRequeue = 15 * time.Second
+// A rollout moves on pod events (see CortexPodEvents) and workload events. Two things have no event: the
+// ingester ring, which the controller polls every ringPoll while the planner waits on it, and the deadline
+// of a pod that does not become Ready. upgradeRecheck is a safety net for both, and for a missed event.
+const (
+	ringPoll       = 2 * time.Second
+	upgradeRecheck = 30 * time.Second
+)
 
 // RingReader reads the ingester ring as the distributors of a cluster see it.
 type RingReader interface {
@@ -275,9 +286,64 @@ func (r *MetricsClusterReconciler) executeAction(ctx context.Context, cluster *v
 		if err := r.Client.Delete(ctx, pod, client.Preconditions{UID: &uid}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 			return 0, fmt.Errorf("delete pod %s to roll it out: %w", action.Pod, err)
 		}
-		return upgradeRequeue, nil
-	case upgrade.Wait, upgrade.Stalled:
-		return upgradeRequeue, nil
+		return upgradeRecheck, nil
+	case upgrade.Wait:
+		if action.OnRing {
+			return ringPoll, nil
+		}
+		return upgradeRecheck, nil
+	case upgrade.Stalled:
+		return upgradeRecheck, nil
 	}
 	return 0, nil
+}
+
+// CacheOptions are the manager's cache options the controllers need: of all Pods, only those the
+// controller's workloads run (label app.kubernetes.io/managed-by=opstrace-controller). The rollout lists and
+// watches only them, and a cluster-wide cache of every Pod would cost memory in proportion to the cluster.
+func CacheOptions() cache.Options {
+	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{manifests.LabelManagedBy: manifests.ManagedBy})},
+	}}
+}
+
+// clusterOfPod maps a Cortex pod to its MetricsCluster (label app.kubernetes.io/instance, same namespace).
+var clusterOfPod = handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
+	if _, ok := rolloutComponent(obj); !ok {
+		return nil
+	}
+	name := obj.GetLabels()[manifests.LabelInstance]
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: obj.GetNamespace(), Name: name}}}
+})
+
+// rolloutComponent is the component of a pod the rollout planner looks at, if it is one.
+func rolloutComponent(obj client.Object) (string, bool) {
+	l := obj.GetLabels()
+	if l[manifests.LabelManagedBy] != manifests.ManagedBy || l[manifests.LabelName] != manifests.AppCortex || l[manifests.LabelInstance] == "" {
+		return "", false
+	}
+	return l[manifests.LabelComponent], l[manifests.LabelComponent] != ""
+}
+
+// plannerViewChanged lets a pod update through only when what the planner sees of the pod changes (Ready,
+// terminating, revision, restarts, waiting reason): the node agent's other status updates wake nobody.
+var plannerViewChanged = predicate.Funcs{
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		oldPod, ok1 := e.ObjectOld.(*corev1.Pod)
+		newPod, ok2 := e.ObjectNew.(*corev1.Pod)
+		component, ours := rolloutComponent(e.ObjectNew)
+		if !ok1 || !ok2 || !ours {
+			return false
+		}
+		a, b := observePod(oldPod, component), observePod(newPod, component)
+		sameSince := a.NotReadySince.Equal(b.NotReadySince)
+		a.NotReadySince, b.NotReadySince = time.Time{}, time.Time{}
+		return a != b || !sameSince
+	},
+}
+
+// CortexPodEvents wake a MetricsCluster's reconcile when one of its Cortex pods is created, deleted, or
+// changes in a way the rollout planner sees, so that a rollout moves as soon as a pod allows it.
+func CortexPodEvents(b *builder.Builder) *builder.Builder {
+	return b.Watches(&corev1.Pod{}, clusterOfPod, builder.WithPredicates(plannerViewChanged))
 }

@@ -9,8 +9,12 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
 	"github.com/opstrace/opstrace/internal/manifests"
@@ -278,3 +282,65 @@ func keys(m map[string]corev1.Pod) []string {
 	}
 	return out
 }
+
+// A rollout moves on pod events: a Cortex pod of a cluster wakes that cluster, and only when what the
+// planner sees of the pod changes; other pods and other changes wake nothing.
+func TestCortexPodEventsWakeTheirClusterOnPlannerChanges(t *testing.T) {
+	ingester := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "metrics-ingester-2", Namespace: "ns",
+			Labels:      manifests.Labels("metrics", manifests.ComponentIngester),
+			Annotations: map[string]string{manifests.TemplateHashAnnotation: "r1"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: manifests.ComponentIngester, Image: manifests.CortexImage(versionA)}}},
+		Status: corev1.PodStatus{PodIP: "10.244.0.7", Conditions: []corev1.PodCondition{
+			{Type: corev1.PodReady, Status: corev1.ConditionFalse, LastTransitionTime: metav1.Now()}}},
+	}
+	gatewayPod := ingester.DeepCopy()
+	gatewayPod.Labels = manifests.Labels("metrics", manifests.ComponentGateway)
+	foreign := ingester.DeepCopy()
+	foreign.Labels = map[string]string{manifests.LabelInstance: "metrics", manifests.LabelComponent: "ingester"}
+
+	mapped := func(pod *corev1.Pod) []reconcile.Request {
+		q := &fakeQueue{}
+		clusterOfPod.Create(context.Background(), event.CreateEvent{Object: pod}, q)
+		return q.added
+	}
+	if got := mapped(ingester); len(got) != 1 || got[0].NamespacedName != (types.NamespacedName{Namespace: "ns", Name: "metrics"}) {
+		t.Errorf("an ingester pod of cluster ns/metrics enqueues %v", got)
+	}
+	if got := mapped(gatewayPod); len(got) != 0 {
+		t.Errorf("a gateway pod, not part of the rollout, enqueues %v", got)
+	}
+	if got := mapped(foreign); len(got) != 0 {
+		t.Errorf("a pod the controller does not manage enqueues %v", got)
+	}
+
+	changed := func(edit func(p *corev1.Pod)) bool {
+		updated := ingester.DeepCopy()
+		edit(updated)
+		return plannerViewChanged.Update(event.UpdateEvent{ObjectOld: ingester, ObjectNew: updated})
+	}
+	for name, edit := range map[string]func(p *corev1.Pod){
+		"became Ready": func(p *corev1.Pod) {
+			p.Status.Conditions[0].Status = corev1.ConditionTrue
+		},
+		"terminating": func(p *corev1.Pod) { p.DeletionTimestamp = ptr.To(metav1.Now()) },
+		"crash-looping": func(p *corev1.Pod) {
+			p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: manifests.ComponentIngester, RestartCount: 1,
+				State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff"}}}}
+		},
+	} {
+		if !changed(edit) {
+			t.Errorf("%s: the update is filtered out", name)
+		}
+	}
+	if changed(func(p *corev1.Pod) { p.Status.Message, p.Status.HostIP = "probing", "10.0.0.1" }) {
+		t.Error("a status change the planner does not see wakes the cluster")
+	}
+}
+
+type fakeQueue struct {
+	workqueue.TypedRateLimitingInterface[reconcile.Request]
+	added []reconcile.Request
+}
+
+func (q *fakeQueue) Add(r reconcile.Request) { q.added = append(q.added, r) }

@@ -39,6 +39,10 @@ type Action struct {
 	// Reason is a stable, human explanation: what is awaited (Wait), why the pod stalled (Stalled), or why the
 	// action is taken. It holds no times or counters that change while nothing else does.
 	Reason string
+	// OnRing: a Wait for the ingester ring, the one thing the rollout waits for that no Kubernetes event
+	// announces (an ingester not ACTIVE yet as the distributors see it, or a ring that could not be read).
+	// The executor polls it; every other Wait ends with a change to a pod or a workload, which wakes it.
+	OnRing bool
 }
 
 func (a Action) String() string {
@@ -146,16 +150,16 @@ func rolloutStep(state State, c Component, now time.Time) (Action, bool) {
 // rolls itself.
 func ringStep(state State, c Component) (Action, bool) {
 	if !state.RingObserved {
-		return wait(c, "the ingester ring could not be read from the distributors"), false
+		return ringUnread(c), false
 	}
 	for _, p := range sortedPods(c.Pods) {
 		if p.Ring != RingActive {
-			return wait(c, "%s", ringWait(p)), false
+			return waitRing(c, ringWait(p)), false
 		}
 	}
 	for _, m := range state.StrayRingMembers {
 		if m.State != RingActive {
-			return wait(c, "%s", strayWait(m)), false
+			return waitRing(c, strayWait(m)), false
 		}
 	}
 	return Action{}, true
@@ -166,6 +170,7 @@ func ringStep(state State, c Component) (Action, bool) {
 type down struct {
 	pod    *Pod // nil for a missing pod or a stray ring member
 	reason string
+	ring   bool // down only in the ring's view
 }
 
 // ingesterStep replaces the ingesters of an OnDelete StatefulSet one at a time, highest ordinal first.
@@ -181,7 +186,7 @@ func ingesterStep(state State, c Component, now time.Time) (Action, bool) {
 		}
 	}
 	if !state.RingObserved {
-		return wait(c, "the ingester ring could not be read from the distributors"), false
+		return ringUnread(c), false
 	}
 
 	var unavailable []down
@@ -195,7 +200,7 @@ func ingesterStep(state State, c Component, now time.Time) (Action, bool) {
 		case !p.Ready:
 			unavailable = append(unavailable, down{pod: p, reason: fmt.Sprintf("ingester %s is not Ready yet", p.Name)})
 		case p.Ring != RingActive:
-			unavailable = append(unavailable, down{pod: p, reason: ringWait(*p)})
+			unavailable = append(unavailable, down{pod: p, reason: ringWait(*p), ring: true})
 		}
 	}
 	for ordinal := 0; ordinal < int(c.Replicas); ordinal++ {
@@ -205,7 +210,7 @@ func ingesterStep(state State, c Component, now time.Time) (Action, bool) {
 	}
 	for _, m := range state.StrayRingMembers {
 		if m.State != RingActive {
-			unavailable = append(unavailable, down{reason: strayWait(m)})
+			unavailable = append(unavailable, down{reason: strayWait(m), ring: true})
 		}
 	}
 
@@ -238,7 +243,7 @@ func ingesterStep(state State, c Component, now time.Time) (Action, bool) {
 			}
 		}
 	}
-	return Action{Kind: Wait, Component: c.Name, Reason: unavailable[0].reason}, false
+	return Action{Kind: Wait, Component: c.Name, Reason: unavailable[0].reason, OnRing: unavailable[0].ring}, false
 }
 
 // stallReason says why a pod that is not Ready will not become Ready by waiting; empty when it may.
@@ -281,6 +286,14 @@ func strayWait(m RingMember) string {
 
 func wait(c Component, format string, args ...any) Action {
 	return Action{Kind: Wait, Component: c.Name, Reason: fmt.Sprintf(format, args...)}
+}
+
+func waitRing(c Component, reason string) Action {
+	return Action{Kind: Wait, Component: c.Name, Reason: reason, OnRing: true}
+}
+
+func ringUnread(c Component) Action {
+	return waitRing(c, "the ingester ring could not be read from the distributors")
 }
 
 func workloadKind(c Component) string {

@@ -475,27 +475,27 @@ func TestIngesterTable(t *testing.T) {
 		{"replacement JOINING", func(s *State, ing *Component) {
 			updated(ing, 2)
 			ing.Pods[2].Ring = RingJoining
-		}, Action{Kind: Wait, Component: "ingester", Reason: "ingester metrics-ingester-2 is JOINING in the ring"}},
+		}, Action{Kind: Wait, Component: "ingester", Reason: "ingester metrics-ingester-2 is JOINING in the ring", OnRing: true}},
 		{"replacement Ready but not in the ring yet", func(s *State, ing *Component) {
 			updated(ing, 2)
 			ing.Pods[2].Ring = RingMissing
-		}, Action{Kind: Wait, Component: "ingester", Reason: "ingester metrics-ingester-2 is not in the ring yet"}},
+		}, Action{Kind: Wait, Component: "ingester", Reason: "ingester metrics-ingester-2 is not in the ring yet", OnRing: true}},
 		{"another ingester LEAVING", func(s *State, ing *Component) {
 			updated(ing, 2)
 			ing.Pods[0].Ring = RingLeaving
-		}, Action{Kind: Wait, Component: "ingester", Reason: "ingester metrics-ingester-0 is LEAVING in the ring"}},
+		}, Action{Kind: Wait, Component: "ingester", Reason: "ingester metrics-ingester-0 is LEAVING in the ring", OnRing: true}},
 		{"another ingester PENDING", func(s *State, ing *Component) {
 			ing.Pods[1].Ring = RingPending
-		}, Action{Kind: Wait, Component: "ingester", Reason: "ingester metrics-ingester-1 is PENDING in the ring"}},
+		}, Action{Kind: Wait, Component: "ingester", Reason: "ingester metrics-ingester-1 is PENDING in the ring", OnRing: true}},
 		{"another ingester UNHEALTHY", func(s *State, ing *Component) {
 			ing.Pods[1].Ring = RingUnhealthy
-		}, Action{Kind: Wait, Component: "ingester", Reason: "ingester metrics-ingester-1 is UNHEALTHY in the ring"}},
+		}, Action{Kind: Wait, Component: "ingester", Reason: "ingester metrics-ingester-1 is UNHEALTHY in the ring", OnRing: true}},
 		{"ring not observed", func(s *State, ing *Component) {
 			s.RingObserved = false
-		}, Action{Kind: Wait, Component: "ingester", Reason: "the ingester ring could not be read from the distributors"}},
+		}, Action{Kind: Wait, Component: "ingester", Reason: "the ingester ring could not be read from the distributors", OnRing: true}},
 		{"stray ring member unhealthy", func(s *State, ing *Component) {
 			s.StrayRingMembers = []RingMember{{ID: "metrics-ingester-3", State: RingUnhealthy}}
-		}, Action{Kind: Wait, Component: "ingester", Reason: "ring member metrics-ingester-3 is UNHEALTHY and is no ingester pod of this cluster; if it is gone for good, remove it with Forget on a distributor's /ring page"}},
+		}, Action{Kind: Wait, Component: "ingester", Reason: "ring member metrics-ingester-3 is UNHEALTHY and is no ingester pod of this cluster; if it is gone for good, remove it with Forget on a distributor's /ring page", OnRing: true}},
 		{"stray ring member ACTIVE does not block", func(s *State, ing *Component) {
 			s.StrayRingMembers = []RingMember{{ID: "metrics-ingester-3", State: RingActive}}
 		}, Action{Kind: DeletePod, Component: "ingester", Pod: "metrics-ingester-2"}},
@@ -802,8 +802,8 @@ func TestRingUnreadableOrRollingUpdateIngesters(t *testing.T) {
 		}
 		ing.Pods[1].Ring = RingJoining
 	})
-	if got := Next(s, t0); got.String() != "Wait(ingester metrics-ingester-1 is JOINING in the ring)" {
-		t.Errorf("RollingUpdate ingesters: %v", got)
+	if got := Next(s, t0); got.String() != "Wait(ingester metrics-ingester-1 is JOINING in the ring)" || !got.OnRing {
+		t.Errorf("RollingUpdate ingesters: %v (OnRing %t, want true)", got, got.OnRing)
 	}
 	componentPtr(&s, manifests.ComponentIngester).Pods[1].Ring = RingActive
 	if got := Next(s, t0); got.Kind != Done {
