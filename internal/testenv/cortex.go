@@ -1,18 +1,12 @@
 package testenv
 
 import (
-	"bytes"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
-	"time"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
 	"github.com/opstrace/opstrace/internal/manifests"
@@ -29,39 +23,8 @@ type Cortex struct {
 	log     *lockedBuffer
 }
 
-// lockedBuffer collects the process's output, written by exec's copying goroutines and read by the test.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// FreePort returns a TCP port on 127.0.0.1 that nothing listens on right now.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	listener, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer listener.Close()
-	return listener.Addr().(*net.TCPAddr).Port
-}
-
 // StartCortex renders the configuration with limits as every tenant's limits, starts Cortex and waits until
-// /ready answers 200. The process is
-// stopped when the test ends; Cortex exits 1 on SIGTERM (its compactor reports "context canceled"), which
-// counts as a clean stop.
+// /ready answers 200. The process is stopped when the test ends.
 func StartCortex(t testing.TB, limits v1alpha1.TenantLimits) *Cortex {
 	t.Helper()
 	binary := filepath.Join(RepoRoot(), "bin", "cortex")
@@ -99,48 +62,11 @@ func StartCortex(t testing.TB, limits v1alpha1.TenantLimits) *Cortex {
 		args = append(args, strings.ReplaceAll(arg, manifests.PodIPReference, "127.0.0.1"))
 	}
 
-	c := &Cortex{URL: fmt.Sprintf("http://127.0.0.1:%d", opts.HTTPPort), Options: opts, log: &lockedBuffer{}}
-	cmd := exec.Command(binary, args...)
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = c.log, c.log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
-
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		res, err := http.Get(c.URL + "/ready")
-		if err == nil {
-			res.Body.Close()
-			if res.StatusCode == http.StatusOK {
-				return c
-			}
-		}
-		select {
-		case <-exited:
-			t.Fatalf("cortex exited before it was ready:\n%s", c.LogTail(50))
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cortex not ready after 60s:\n%s", c.LogTail(50))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	c := &Cortex{URL: fmt.Sprintf("http://127.0.0.1:%d", opts.HTTPPort), Options: opts}
+	// Cortex exits 1 on SIGTERM (its compactor reports "context canceled"), which counts as a clean stop.
+	c.log = startProcess(t, "cortex", exec.Command(binary, args...), dir, c.URL+"/ready")
+	return c
 }
 
 // LogTail returns the last n lines Cortex logged.
-func (c *Cortex) LogTail(n int) string {
-	lines := strings.Split(strings.TrimRight(c.log.String(), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
+func (c *Cortex) LogTail(n int) string { return lastLines(c.log.String(), n) }
