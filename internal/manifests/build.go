@@ -37,6 +37,9 @@ type BuildOptions struct {
 	// MonitoringCRDs says whether the monitoring.coreos.com CRDs (ServiceMonitor, PrometheusRule) exist;
 	// without them no monitoring object is built.
 	MonitoringCRDs bool
+
+	// Loki is spec.logs: nil when logs are off, and then no Loki object is built.
+	Loki *LokiBuildOptions
 }
 
 // NewBuildOptions are the BuildOptions of a MetricsCluster as the API server stores it (CRD defaults
@@ -73,12 +76,14 @@ func NewBuildOptions(mc *v1alpha1.MetricsCluster, gatewayImage string, monitorin
 		Components:     mc.Spec.Components.DeepCopy(),
 		Gateway:        *mc.Spec.Gateway.DeepCopy(),
 		MonitoringCRDs: monitoringCRDs,
+		Loki:           newLokiBuildOptions(mc),
 	}
 }
 
 // BuildAll returns every object of a MetricsCluster, in the same order for the same options: the
 // ConfigMaps, the Cortex ServiceAccount, Services, workloads, PodDisruptionBudgets and NetworkPolicy, the
-// gateway's objects, then (with MonitoringCRDs) the ServiceMonitors and the PrometheusRule. Every object is
+// Loki objects (BuildLoki, when opts.Loki is set), the gateway's objects, then (with MonitoringCRDs) the
+// ServiceMonitors and the PrometheusRule. Every object is
 // in opts.Namespace and has no owner reference: the controller sets it.
 func BuildAll(opts BuildOptions) ([]client.Object, error) {
 	opts, err := complete(opts)
@@ -92,6 +97,7 @@ func BuildAll(opts BuildOptions) ([]client.Object, error) {
 	objects = append(objects, BuildCortexWorkloads(opts)...)
 	objects = append(objects, BuildCortexPodDisruptionBudgets(opts)...)
 	objects = append(objects, BuildCortexNetworkPolicy(opts))
+	objects = append(objects, BuildLoki(opts)...)
 	objects = append(objects, BuildGateway(opts)...)
 	if opts.MonitoringCRDs {
 		objects = append(objects, BuildMonitoring(opts)...)
@@ -128,6 +134,14 @@ func complete(opts BuildOptions) (BuildOptions, error) {
 			errs = append(errs, err)
 		}
 		opts.RuntimeOverrides = overrides
+	}
+	if opts.Loki != nil {
+		// A copy: the caller's options keep their nil contents.
+		loki := *opts.Loki
+		if err := completeLoki(&loki); err != nil {
+			errs = append(errs, err)
+		}
+		opts.Loki = &loki
 	}
 	if len(errs) > 0 {
 		return opts, fmt.Errorf("build objects of MetricsCluster %s/%s: %w", opts.Namespace, opts.ClusterName, errors.Join(errs...))

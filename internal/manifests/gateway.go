@@ -93,13 +93,14 @@ func BuildGatewayRoleBinding(opts BuildOptions) client.Object {
 }
 
 // GatewayArgs are the gateway container's args. The Cortex Services it forwards to are the distributor's and
-// the query-frontend's, or the single process's for topology single.
+// the query-frontend's, or the single process's for topology single; with logs on, the Loki Services of
+// LokiGatewayServices too.
 func GatewayArgs(opts BuildOptions) []string {
 	distributor, queryFrontend := ComponentDistributor, ComponentQueryFrontend
 	if opts.Topology == v1alpha1.TopologySingle {
 		distributor, queryFrontend = TargetAll, TargetAll
 	}
-	return []string{
+	args := []string{
 		"--audience=" + TokenAudience(opts.Namespace, opts.ClusterName),
 		"--namespace=$(" + PodNamespaceEnv + ")",
 		"--auth-secret=" + GatewayAuthSecretName(opts.ClusterName),
@@ -110,6 +111,17 @@ func GatewayArgs(opts BuildOptions) []string {
 		fmt.Sprintf("--listen-address=%s:%d", PodIPReference, GatewayHTTPSPort),
 		fmt.Sprintf("--internal-listen-address=%s:%d", PodIPReference, GatewayInternalPort),
 	}
+	if opts.Loki != nil {
+		// Logs: pushes to the distributor, queries to the query-frontend, tail (a websocket the
+		// query-frontend does not proxy) to the querier.
+		distributor, queryFrontend, querier := LokiGatewayServices(opts.ClusterName, opts.Topology == v1alpha1.TopologySingle)
+		args = append(args,
+			"--loki-distributor-service="+distributor,
+			"--loki-query-frontend-service="+queryFrontend,
+			"--loki-querier-service="+querier,
+		)
+	}
+	return args
 }
 
 // BuildGatewayDeployment is the gateway's Deployment: replicas and resources from the size preset or

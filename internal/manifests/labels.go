@@ -40,6 +40,9 @@ func appFor(component string) string {
 	if component == ComponentGateway {
 		return AppGateway
 	}
+	if IsLokiComponent(component) {
+		return AppLoki
+	}
 	return AppCortex
 }
 

@@ -18,14 +18,15 @@ func RunbookURL(alert string) string {
 	return "https://github.com/opstrace/opstrace/blob/main/docs/runbooks.md#" + strings.ToLower(alert)
 }
 
-// BuildMonitoring are the prometheus-operator objects of a cluster: a ServiceMonitor per Cortex component
-// (port http) and for the gateway (port http-metrics), and the PrometheusRule of BuildPrometheusRule. Build
+// BuildMonitoring are the prometheus-operator objects of a cluster: a ServiceMonitor per Cortex and Loki
+// component (port http) and for the gateway (port http-metrics), and the PrometheusRule of BuildPrometheusRule. Build
 // them only when the monitoring.coreos.com CRDs exist.
 func BuildMonitoring(opts BuildOptions) []client.Object {
 	var objects []client.Object
 	for _, component := range cortexComponents(opts) {
 		objects = append(objects, serviceMonitor(opts, component, PortHTTP))
 	}
+	objects = append(objects, lokiServiceMonitors(opts)...)
 	objects = append(objects, serviceMonitor(opts, ComponentGateway, PortHTTPMetrics))
 	objects = append(objects, BuildPrometheusRule(opts))
 	return objects
@@ -108,6 +109,7 @@ func BuildPrometheusRule(opts BuildOptions) *monitoringv1.PrometheusRule {
 			"The gateway of {{ $labels.namespace }} refuses many requests ({{ $labels.reason }}).",
 			"The gateway of MetricsCluster "+cluster+" refuses {{ $value }} requests per second for reason {{ $labels.reason }}: a client may use a revoked or expired token, or someone is guessing."),
 	}
+	rules = append(rules, lokiAlertRules(opts)...)
 	return &monitoringv1.PrometheusRule{
 		TypeMeta:   metav1.TypeMeta{APIVersion: monitoringv1.SchemeGroupVersion.String(), Kind: monitoringv1.PrometheusRuleKind},
 		ObjectMeta: objectMeta(opts, PrometheusRuleName(cluster), ComponentCortexShared),
