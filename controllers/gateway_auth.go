@@ -14,18 +14,21 @@ import (
 )
 
 // gatewayAuthSecret is what the gateway watches: the key set that verifies tokens and every tenant it admits,
-// the system tenant included, with its suspension, revocations and ingestion limits.
+// the system tenant included, with its suspension, revocations and ingestion limits (samples per second for
+// metrics, bytes per second for logs, resolved as Cortex and Loki resolve them).
 func gatewayAuthSecret(cluster *v1alpha1.MetricsCluster, keys tokens.KeySet, tenants []v1alpha1.Tenant) (*corev1.Secret, error) {
 	defaults := cluster.Spec.DefaultTenantLimits
 	list := gateway.TenantList{Tenants: map[string]gateway.TenantPolicy{}}
-	rate, burst := manifests.IngestionLimits(defaults, v1alpha1.TenantLimits{})
-	list.Tenants[v1alpha1.SystemTenant] = gateway.TenantPolicy{IngestionRate: rate, IngestionBurst: burst}
+	policy := func(limits v1alpha1.TenantLimits) gateway.TenantPolicy {
+		rate, burst := manifests.IngestionLimits(defaults, limits)
+		logRate, logBurst := manifests.LogIngestionLimits(defaults, limits)
+		return gateway.TenantPolicy{IngestionRate: rate, IngestionBurst: burst, LogIngestionRate: logRate, LogIngestionBurst: logBurst}
+	}
+	list.Tenants[v1alpha1.SystemTenant] = policy(v1alpha1.TenantLimits{})
 	for _, t := range tenants {
-		rate, burst := manifests.IngestionLimits(defaults, t.Spec.Limits)
-		list.Tenants[t.Name] = gateway.TenantPolicy{
-			Suspended: t.Spec.Suspended, RevokedIDs: t.Spec.Tokens.RevokedIDs,
-			IngestionRate: rate, IngestionBurst: burst,
-		}
+		p := policy(t.Spec.Limits)
+		p.Suspended, p.RevokedIDs = t.Spec.Suspended, t.Spec.Tokens.RevokedIDs
+		list.Tenants[t.Name] = p
 	}
 	tenantsJSON, err := json.Marshal(list) // map keys are sorted: the same tenants give the same bytes
 	if err != nil {

@@ -129,6 +129,9 @@ func (r *MetricsClusterReconciler) reconcileObjects(ctx context.Context, cluster
 			return facts, ctrl.Result{}, err
 		}
 	}
+	if err := r.removeLoki(ctx, cluster, facts.monitoringAvailable); err != nil {
+		return facts, ctrl.Result{}, err
+	}
 	if err := r.reconcileSystemToken(ctx, cluster, keys); err != nil {
 		return facts, ctrl.Result{}, err
 	}
@@ -171,6 +174,9 @@ func (r *MetricsClusterReconciler) desiredObjects(cluster *v1alpha1.MetricsClust
 		return nil, err
 	}
 	opts.RuntimeOverrides = overrides
+	if err := setLokiOverrides(&opts, cluster.Spec.DefaultTenantLimits, limits); err != nil {
+		return nil, err
+	}
 	objects, err := manifests.BuildAll(opts)
 	if err != nil {
 		return nil, &DegradedError{Reason: v1alpha1.ReasonApplyFailed, Message: err.Error()}

@@ -69,7 +69,7 @@ func (r *MetricsClusterReconciler) observeWorkloads(ctx context.Context, cluster
 		}
 	}
 	var facts []workloadFact
-	for _, component := range expectedComponents(cluster.Spec.Topology) {
+	for _, component := range expectedComponents(cluster) {
 		fact := found[component]
 		fact.component = component
 		facts = append(facts, fact)
@@ -77,11 +77,17 @@ func (r *MetricsClusterReconciler) observeWorkloads(ctx context.Context, cluster
 	return facts, nil
 }
 
-func expectedComponents(topology v1alpha1.Topology) []string {
-	if topology == v1alpha1.TopologyMicroservices {
-		return append(append([]string{}, manifests.MicroservicesComponents...), manifests.ComponentGateway)
+// expectedComponents are the components whose workloads the cluster runs: Cortex's, Loki's when logs are on,
+// then the gateway.
+func expectedComponents(cluster *v1alpha1.MetricsCluster) []string {
+	components := []string{manifests.TargetAll}
+	if cluster.Spec.Topology == v1alpha1.TopologyMicroservices {
+		components = append([]string{}, manifests.MicroservicesComponents...)
 	}
-	return []string{manifests.TargetAll, manifests.ComponentGateway}
+	if cluster.Spec.Logs.IsEnabled() {
+		components = append(components, manifests.LokiComponents(cluster.Spec.Topology)...)
+	}
+	return append(components, manifests.ComponentGateway)
 }
 
 func firstImage(containers []corev1.Container) string {
@@ -92,7 +98,8 @@ func firstImage(containers []corev1.Container) string {
 }
 
 // componentConditionType is the condition of one component, such as IngesterReady; the single process of
-// topology single is CortexReady.
+// topology single is CortexReady. Loki's components are LokiReady (topology single) and LokiIngesterReady,
+// LokiDistributorReady, ... (microservices).
 func componentConditionType(component string) string {
 	if component == manifests.TargetAll {
 		return "CortexReady"
@@ -127,6 +134,16 @@ func setClusterStatus(cluster *v1alpha1.MetricsCluster, facts clusterFacts) {
 	}
 	set(v1alpha1.ConditionDegraded, false, v1alpha1.ReasonNoProblem, "")
 
+	// A component the cluster no longer runs (logs turned off) loses its condition.
+	running := map[string]bool{}
+	for _, w := range facts.workloads {
+		running[componentConditionType(w.component)] = true
+	}
+	for _, component := range append(manifests.LokiComponents(v1alpha1.TopologySingle), manifests.LokiComponents(v1alpha1.TopologyMicroservices)...) {
+		if kind := componentConditionType(component); !running[kind] {
+			meta.RemoveStatusCondition(&cluster.Status.Conditions, kind)
+		}
+	}
 	var waiting []string
 	for _, w := range facts.workloads {
 		message := fmt.Sprintf("%d/%d replicas ready", w.ready, w.desired)

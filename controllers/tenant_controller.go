@@ -121,6 +121,7 @@ func setTenantStatus(tenant *v1alpha1.Tenant, cluster *v1alpha1.MetricsCluster, 
 
 	tenant.Status.ClusterName, tenant.Status.TokenSecretName = "", ""
 	tenant.Status.RemoteWriteURL, tenant.Status.QueryURL = "", ""
+	tenant.Status.LogsPushURL, tenant.Status.LogsURL = "", ""
 	if cluster != nil {
 		tenant.Status.ClusterName = cluster.Name
 	}
@@ -129,6 +130,11 @@ func setTenantStatus(tenant *v1alpha1.Tenant, cluster *v1alpha1.MetricsCluster, 
 		if endpoint := cluster.Status.GatewayEndpoint; endpoint != "" {
 			tenant.Status.RemoteWriteURL = endpoint + "/api/v1/push"
 			tenant.Status.QueryURL = endpoint
+			if cluster.Spec.Logs.IsEnabled() {
+				// The gateway serves Loki's API under /loki: a Grafana Loki data source takes the bare URL.
+				tenant.Status.LogsPushURL = endpoint + "/loki/api/v1/push"
+				tenant.Status.LogsURL = endpoint
+			}
 		}
 	}
 }
