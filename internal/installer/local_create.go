@@ -94,7 +94,12 @@ func createLocal(ctx context.Context, name string, extraImages []string, out io.
 	if _, err := InstallController(ctx, c.Kubeconfig(), ControllerNamespace, values); err != nil {
 		return fmt.Errorf("step: install the controller: %w", err)
 	}
-	if err := c.applyLocalObjects(ctx, kube); err != nil {
+	// Logs need the Loki binary that `make test-tools` builds; without it the cluster runs metrics only.
+	_, lokiMissing := os.Stat(b.path("loki"))
+	if lokiMissing != nil {
+		p.step("bin/loki not found: logs are off for this cluster (make test-tools builds Loki)")
+	}
+	if err := c.applyLocalObjects(ctx, kube, lokiMissing == nil); err != nil {
 		return fmt.Errorf("step: create MetricsCluster %s and Tenant %s: %w", name, DefaultTenant, err)
 	}
 
@@ -143,8 +148,8 @@ func (c localCluster) client() (client.Client, error) {
 }
 
 // applyLocalObjects creates the namespace, the MetricsCluster (topology single on a local volume, gateway
-// certificate for localhost) and the default Tenant, leaving existing ones as they are.
-func (c localCluster) applyLocalObjects(ctx context.Context, kube client.Client) error {
+// certificate for localhost, Loki when logs is set) and the default Tenant, leaving existing ones as they are.
+func (c localCluster) applyLocalObjects(ctx context.Context, kube client.Client, logs bool) error {
 	objects := []client.Object{
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: LocalNamespace}},
 		&v1alpha1.MetricsCluster{
@@ -153,6 +158,7 @@ func (c localCluster) applyLocalObjects(ctx context.Context, kube client.Client)
 				Topology: v1alpha1.TopologySingle, Size: v1alpha1.SizeDemo,
 				Storage: v1alpha1.StorageSpec{Type: v1alpha1.StorageFilesystem},
 				Gateway: v1alpha1.GatewaySpec{Hostname: "localhost"},
+				Logs:    v1alpha1.LogsSpec{Enabled: &logs},
 			},
 		},
 		&v1alpha1.Tenant{

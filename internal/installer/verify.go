@@ -1,6 +1,7 @@
 package installer
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -9,13 +10,19 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
+	"strconv"
 	"time"
 
+	ctrlclient "sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
 	"github.com/opstrace/opstrace/internal/remotewrite"
 )
 
 // verifyLocal is `opstrace verify local NAME`: a canary write through the gateway as tenant, then the same
-// series read back with PromQL. It reports both latencies and fails when the sample does not come back.
+// series read back with PromQL; with logs on, a log line pushed through the gateway's Loki API and read back
+// with LogQL. It reports the latencies and fails when the sample or the line does not come back.
 func verifyLocal(ctx context.Context, name, tenant string, out io.Writer) error {
 	c, err := openLocalCluster(name)
 	if err != nil {
@@ -73,7 +80,115 @@ func verifyLocal(ctx context.Context, name, tenant string, out io.Writer) error 
 	}
 	fmt.Fprintf(out, "verified local cluster %s as tenant %s: write %s, read back %s (%s)\n",
 		name, tenant, wrote.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), promql)
+
+	var mc v1alpha1.MetricsCluster
+	if err := kube.Get(ctx, ctrlclient.ObjectKey{Namespace: LocalNamespace, Name: name}, &mc); err != nil {
+		return fmt.Errorf("verify: read MetricsCluster %s: %w", name, err)
+	}
+	if !mc.Spec.Logs.IsEnabled() {
+		fmt.Fprintf(out, "logs are off for local cluster %s (spec.logs.enabled: false): no log line written\n", name)
+		return nil
+	}
+	return verifyLogs(ctx, client, gatewayURL, token, tenant, run, out)
+}
+
+// verifyLogs pushes one log line through the gateway's Loki API and reads it back with LogQL query_range.
+func verifyLogs(ctx context.Context, client *http.Client, gatewayURL, token, tenant, run string, out io.Writer) error {
+	at := time.Now()
+	line := "opstrace verify " + run
+	start := time.Now()
+	if err := PushLogLine(ctx, client, gatewayURL, token, map[string]string{"job": "opstrace-verify", "run": run}, at, line); err != nil {
+		return fmt.Errorf("verify: push a log line as tenant %s: %w", tenant, err)
+	}
+	wrote := time.Since(start)
+	logql := fmt.Sprintf(`{job="opstrace-verify", run=%q}`, run)
+	start = time.Now()
+	for {
+		lines, err := QueryLogLines(ctx, client, gatewayURL, token, logql, at.Add(-time.Minute), at.Add(time.Minute))
+		if err != nil {
+			return fmt.Errorf("verify: read logs as tenant %s: %w", tenant, err)
+		}
+		if slices.Contains(lines, line) {
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			return fmt.Errorf("verify: the log line pushed as tenant %s (%s) did not come back within 30s", tenant, logql)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	fmt.Fprintf(out, "verified logs of local cluster as tenant %s: push %s, read back %s (%s)\n",
+		tenant, wrote.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), logql)
 	return nil
+}
+
+// PushLogLine sends one log line with labels at t through the gateway's /loki/api/v1/push, in Loki's JSON
+// push format, with the tenant's token.
+func PushLogLine(ctx context.Context, client *http.Client, gatewayURL, token string, labels map[string]string, t time.Time, line string) error {
+	body, err := json.Marshal(map[string]any{"streams": []any{map[string]any{
+		"stream": labels,
+		"values": [][]string{{strconv.FormatInt(t.UnixNano(), 10), line}},
+	}}})
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, gatewayURL+"/loki/api/v1/push", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	res, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	answer, _ := io.ReadAll(io.LimitReader(res.Body, 1<<20))
+	if res.StatusCode != http.StatusNoContent && res.StatusCode != http.StatusOK {
+		return fmt.Errorf("gateway answered %d: %s", res.StatusCode, answer)
+	}
+	return nil
+}
+
+// QueryLogLines runs a LogQL log query over [from, to] through the gateway's /loki/api/v1/query_range and
+// returns the lines found, newest first.
+func QueryLogLines(ctx context.Context, client *http.Client, gatewayURL, token, logql string, from, to time.Time) ([]string, error) {
+	params := url.Values{"query": {logql}, "start": {strconv.FormatInt(from.UnixNano(), 10)},
+		"end": {strconv.FormatInt(to.UnixNano(), 10)}, "limit": {"100"}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, gatewayURL+"/loki/api/v1/query_range?"+params.Encode(), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	res, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(res.Body, 4<<20))
+	if res.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("gateway answered %d: %s", res.StatusCode, body)
+	}
+	var result struct {
+		Data struct {
+			ResultType string `json:"resultType"`
+			Result     []struct {
+				Values [][2]string `json:"values"`
+			} `json:"result"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(body, &result); err != nil {
+		return nil, fmt.Errorf("query answer is not JSON: %w", err)
+	}
+	if result.Data.ResultType != "streams" {
+		return nil, fmt.Errorf("query answer has result type %q, want streams (a log query)", result.Data.ResultType)
+	}
+	var lines []string
+	for _, stream := range result.Data.Result {
+		for _, v := range stream.Values {
+			lines = append(lines, v[1])
+		}
+	}
+	return lines, nil
 }
 
 // queryFound says whether an instant query at t returns a sample.
