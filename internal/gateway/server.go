@@ -165,7 +165,9 @@ func (h *Handler) limitIngestion(next http.Handler) http.Handler {
 // readBody reads the request body up to MaxBodyBytes, or answers the client (with the hint for a body that is
 // too large) and returns false.
 func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, hint string) ([]byte, bool) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes))
+	// Sized by Content-Length when the client sent one, so the body is read without regrowing.
+	body := bytes.NewBuffer(make([]byte, 0, min(max(r.ContentLength, 0), h.cfg.MaxBodyBytes)+bytes.MinRead))
+	_, err := body.ReadFrom(http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
@@ -176,7 +178,7 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, hint string) 
 		writeError(w, http.StatusBadRequest, "bad_data", "reading the request body failed")
 		return nil, false
 	}
-	return body, true
+	return body.Bytes(), true
 }
 
 // proxy forwards to the upstream under prefix, with the tenant as X-Scope-OrgID and without the client's
@@ -191,7 +193,8 @@ func (h *Handler) proxy(upstream *Upstream, prefix string, timeout time.Duration
 		transport.DialContext = h.cfg.DialContext
 	}
 	proxy := &httputil.ReverseProxy{
-		Transport: transport,
+		Transport:  transport,
+		BufferPool: copyBuffers,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			target := pr.In.Context().Value(targetKey{}).(*url.URL)
 			pr.Out.URL.Scheme = target.Scheme
@@ -225,6 +228,20 @@ func (h *Handler) proxy(upstream *Upstream, prefix string, timeout time.Duration
 		}
 		proxy.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// copyBuffers lend httputil.ReverseProxy its 32 KiB response-copy buffers, which it would otherwise allocate
+// for every request.
+var copyBuffers = &bufferPool{pool: sync.Pool{New: func() any { return new([32 << 10]byte) }}}
+
+type bufferPool struct{ pool sync.Pool }
+
+func (p *bufferPool) Get() []byte { return p.pool.Get().(*[32 << 10]byte)[:] }
+
+func (p *bufferPool) Put(b []byte) {
+	if cap(b) == 32<<10 {
+		p.pool.Put((*[32 << 10]byte)(b[:32<<10]))
+	}
 }
 
 // writeError answers in the Prometheus API's error shape, which Grafana shows to the user.

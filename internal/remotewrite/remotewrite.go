@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"sync"
 
 	"github.com/golang/snappy"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -81,10 +82,36 @@ func Encode(series []Series) []byte {
 // ErrMalformed is returned for a body that is not a snappy-compressed WriteRequest.
 var ErrMalformed = errors.New("not a snappy-compressed remote-write request")
 
+// MaxDecodedBytes bounds a request's decompressed size, as Cortex's distributor does by default
+// (max_recv_msg_size): a few bytes of snappy header must not make the gateway allocate gigabytes.
+const MaxDecodedBytes = 100 << 20
+
+// decodeBuffers are reused for decompressing requests to count their samples (a request's decoded form is
+// only walked, never kept); buffers over maxPooledBytes are left to the garbage collector.
+var decodeBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
+const maxPooledBytes = 4 << 20
+
 // CountSamples returns the number of samples and histogram samples in a compressed request, walking the
 // protobuf without allocating per series.
 func CountSamples(body []byte) (int, error) {
-	request, err := snappy.Decode(nil, body)
+	size, err := snappy.DecodedLen(body)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if size > MaxDecodedBytes {
+		return 0, fmt.Errorf("%w: %d bytes decompressed, more than %d", ErrMalformed, size, MaxDecodedBytes)
+	}
+	buffer := decodeBuffers.Get().(*[]byte)
+	if size > cap(*buffer) {
+		*buffer = make([]byte, size)
+	}
+	defer func() {
+		if cap(*buffer) <= maxPooledBytes {
+			decodeBuffers.Put(buffer)
+		}
+	}()
+	request, err := snappy.Decode((*buffer)[:size], body)
 	if err != nil {
 		return 0, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}

@@ -27,9 +27,30 @@ func TestCountSamplesRefusesWhatIsNotARequest(t *testing.T) {
 		"not snappy":            []byte("hello"),
 		"snappy, not protobuf":  snappy.Encode(nil, []byte{0x0a, 0xff, 0xff, 0xff}),
 		"truncated field value": snappy.Encode(nil, []byte{0x0a, 0x05, 0x01}),
+		// A snappy header claiming 1 GiB: refused before anything that size is allocated.
+		"decompresses too large": {0x80, 0x80, 0x80, 0x80, 0x04, 0x00},
 	} {
 		if _, err := CountSamples(body); !errors.Is(err, ErrMalformed) {
 			t.Errorf("%s: error %v, want ErrMalformed", name, err)
+		}
+	}
+}
+
+func TestCountSamplesReusesBuffersSafely(t *testing.T) {
+	small := Encode([]Series{{Labels: map[string]string{"__name__": "a"}, Samples: []Sample{{1, 1}}}})
+	var large []Series
+	for range 100 {
+		large = append(large, Series{Labels: map[string]string{"__name__": "b"}, Samples: []Sample{{1, 1}, {2, 2}}})
+	}
+	body := Encode(large)
+	for range 3 {
+		for _, tt := range []struct {
+			body []byte
+			want int
+		}{{body, 200}, {small, 1}} {
+			if got, err := CountSamples(tt.body); err != nil || got != tt.want {
+				t.Fatalf("CountSamples = %d, %v; want %d", got, err, tt.want)
+			}
 		}
 	}
 }
