@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"time"
 
@@ -16,62 +18,122 @@ import (
 	"github.com/opstrace/opstrace/internal/manifests"
 )
 
-// reconcileCertificates keeps the gateway's serving certificate in Secret <cluster>-gateway-tls: from the
-// built-in CA by default, renewed at 80% of its lifetime and reissued when the hostname changes; or as a
-// cert-manager Certificate when spec.tls.issuerRef is set. It returns when to look again.
-func (r *MetricsClusterReconciler) reconcileCertificates(ctx context.Context, cluster *v1alpha1.MetricsCluster) (time.Duration, error) {
-	dnsNames := certs.GatewayDNSNames(cluster.Name, cluster.Namespace, cluster.Spec.Gateway.Hostname)
+// leafCertificate is a certificate the controller keeps in a kubernetes.io/tls Secret.
+type leafCertificate struct {
+	secretName string
+	dnsNames   []string
+}
+
+// clusterCertificates are the leaves of a cluster: the gateway's serving certificate, and the component
+// certificate every Cortex process presents as gRPC server and client and on the gossip port.
+func clusterCertificates(cluster *v1alpha1.MetricsCluster) []leafCertificate {
+	services, headless := manifests.CortexServices(cluster.Name, cluster.Spec.Topology)
+	return []leafCertificate{
+		{manifests.GatewayTLSSecretName(cluster.Name), certs.GatewayDNSNames(cluster.Name, cluster.Namespace, cluster.Spec.Gateway.Hostname)},
+		{manifests.CortexTLSSecretName(cluster.Name), certs.ServiceDNSNames(cluster.Namespace, services, headless)},
+	}
+}
+
+// reconcileCertificates keeps the gateway's certificate (Secret <cluster>-gateway-tls) and the Cortex
+// components' (Secret <cluster>-cortex-tls): from the built-in CA by default, renewed at 80% of their
+// lifetime and reissued when their names change; or as cert-manager Certificates when spec.tls.issuerRef is
+// set. It returns when to look again and the component certificate as the Cortex pods mount it.
+func (r *MetricsClusterReconciler) reconcileCertificates(ctx context.Context, cluster *v1alpha1.MetricsCluster) (time.Duration, manifests.ComponentTLS, error) {
+	leaves := clusterCertificates(cluster)
 	applier := apply.Applier{Client: r.Client, Scheme: r.Scheme}
 	if issuer := cluster.Spec.TLS.IssuerRef; issuer != nil {
 		if !r.kindExists(certificateKind) {
-			return 0, &DegradedError{Reason: v1alpha1.ReasonCertManagerUnavailable, Message: fmt.Sprintf(
+			return 0, manifests.ComponentTLS{}, &DegradedError{Reason: v1alpha1.ReasonCertManagerUnavailable, Message: fmt.Sprintf(
 				"spec.tls.issuerRef names %s %s, but cert-manager is not installed (no certificates.cert-manager.io CRD); install cert-manager or remove issuerRef to use the built-in CA",
 				issuer.Kind, issuer.Name)}
 		}
-		certificate := certs.BuildCertificate(cluster.Namespace, manifests.GatewayTLSSecretName(cluster.Name),
-			manifests.GatewayTLSSecretName(cluster.Name), dnsNames, *issuer)
-		_, err := applier.Apply(ctx, cluster, certificate)
-		return 0, err
+		for _, leaf := range leaves {
+			certificate := certs.BuildCertificate(cluster.Namespace, leaf.secretName, leaf.secretName, leaf.dnsNames, *issuer)
+			if _, err := applier.Apply(ctx, cluster, certificate); err != nil {
+				return 0, manifests.ComponentTLS{}, err
+			}
+		}
+		// cert-manager writes the Secret; its watch event brings the controller back to restart the pods.
+		var secret corev1.Secret
+		key := client.ObjectKey{Namespace: cluster.Namespace, Name: manifests.CortexTLSSecretName(cluster.Name)}
+		if err := r.Client.Get(ctx, key, &secret); err != nil && !apierrors.IsNotFound(err) {
+			return 0, manifests.ComponentTLS{}, fmt.Errorf("get component certificate: %w", err)
+		}
+		return 0, componentTLS(secret.Data), nil
 	}
 
 	now := r.now()
 	ca, err := r.ensureCA(ctx, cluster, now)
 	if err != nil {
-		return 0, err
+		return 0, manifests.ComponentTLS{}, err
 	}
+	recheck := certs.CALifetime
+	var component manifests.ComponentTLS
+	for _, leaf := range leaves {
+		data, renewAt, err := r.ensureLeaf(ctx, cluster, ca, leaf, now)
+		if err != nil {
+			return 0, manifests.ComponentTLS{}, err
+		}
+		recheck = min(recheck, max(renewAt.Sub(now), time.Minute))
+		if leaf.secretName == manifests.CortexTLSSecretName(cluster.Name) {
+			component = componentTLS(data)
+		}
+	}
+	return recheck, component, nil
+}
+
+// componentTLS is the component certificate as the Cortex pods mount it, identified by a hash of the
+// certificate and CA in the Secret's data (never of the key; empty while the Secret does not exist yet).
+func componentTLS(data map[string][]byte) manifests.ComponentTLS {
+	tls := manifests.ComponentTLS{Dir: manifests.CortexTLSDir}
+	if len(data[corev1.TLSCertKey]) > 0 {
+		sum := sha256.New()
+		for _, key := range []string{corev1.TLSCertKey, manifests.TLSCAKey} {
+			fmt.Fprintf(sum, "%s %d\n", key, len(data[key]))
+			sum.Write(data[key])
+		}
+		tls.Hash = hex.EncodeToString(sum.Sum(nil)[:16])
+	}
+	return tls
+}
+
+// ensureLeaf issues leaf from ca into its Secret when it is missing, unreadable, past 80% of its lifetime,
+// issued by another CA or for other names, and returns the Secret's data and when to renew it.
+func (r *MetricsClusterReconciler) ensureLeaf(ctx context.Context, cluster *v1alpha1.MetricsCluster, ca certs.KeyPair, leaf leafCertificate, now time.Time) (map[string][]byte, time.Time, error) {
 	var existing corev1.Secret
-	key := client.ObjectKey{Namespace: cluster.Namespace, Name: manifests.GatewayTLSSecretName(cluster.Name)}
+	key := client.ObjectKey{Namespace: cluster.Namespace, Name: leaf.secretName}
 	if err := r.Client.Get(ctx, key, &existing); err != nil && !apierrors.IsNotFound(err) {
-		return 0, fmt.Errorf("get gateway certificate: %w", err)
+		return nil, time.Time{}, fmt.Errorf("get certificate %s: %w", leaf.secretName, err)
 	}
-	reissue, _ := certs.NeedsReissue(existing.Data[corev1.TLSCertKey], ca, dnsNames, nil, now)
-	if _, _, err := certs.ParseKeyPair(existing.Data[corev1.TLSCertKey], existing.Data[corev1.TLSPrivateKeyKey]); err != nil {
+	data := existing.Data
+	reissue, _ := certs.NeedsReissue(data[corev1.TLSCertKey], ca, leaf.dnsNames, nil, now)
+	if _, _, err := certs.ParseKeyPair(data[corev1.TLSCertKey], data[corev1.TLSPrivateKeyKey]); err != nil {
 		reissue = true
 	}
-	certPEM, keyPEM := existing.Data[corev1.TLSCertKey], existing.Data[corev1.TLSPrivateKeyKey]
 	if reissue {
-		leaf, err := certs.IssueServing(ca, dnsNames, nil, now, certs.LeafLifetime)
+		issued, err := certs.IssueServing(ca, leaf.dnsNames, nil, now, certs.LeafLifetime)
 		if err != nil {
-			return 0, err
+			return nil, time.Time{}, fmt.Errorf("issue certificate %s: %w", leaf.secretName, err)
 		}
-		certPEM, keyPEM = leaf.CertPEM, leaf.KeyPEM
+		data = map[string][]byte{
+			corev1.TLSCertKey:       issued.CertPEM,
+			corev1.TLSPrivateKeyKey: issued.KeyPEM,
+			manifests.TLSCAKey:      certs.Bundle(ca.CertPEM),
+		}
 		secret := &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: key.Name, Namespace: key.Namespace},
 			Type:       corev1.SecretTypeTLS,
-			Data: map[string][]byte{
-				corev1.TLSCertKey: leaf.CertPEM, corev1.TLSPrivateKeyKey: leaf.KeyPEM,
-				"ca.crt": certs.Bundle(ca.CertPEM),
-			},
+			Data:       data,
 		}
-		if _, err := applier.Apply(ctx, cluster, secret); err != nil {
-			return 0, err
+		if _, err := (&apply.Applier{Client: r.Client, Scheme: r.Scheme}).Apply(ctx, cluster, secret); err != nil {
+			return nil, time.Time{}, err
 		}
 	}
-	leaf, _, err := certs.ParseKeyPair(certPEM, keyPEM)
+	cert, _, err := certs.ParseKeyPair(data[corev1.TLSCertKey], data[corev1.TLSPrivateKeyKey])
 	if err != nil {
-		return 0, fmt.Errorf("read back gateway certificate: %w", err)
+		return nil, time.Time{}, fmt.Errorf("read back certificate %s: %w", leaf.secretName, err)
 	}
-	return max(certs.RenewAt(leaf).Sub(now), time.Minute), nil
+	return data, certs.RenewAt(cert), nil
 }
 
 // ensureCA creates the cluster's CA once and renews it at 80% of its lifetime.

@@ -103,13 +103,13 @@ func (r *MetricsClusterReconciler) reconcileObjects(ctx context.Context, cluster
 	if err != nil {
 		return facts, ctrl.Result{}, err
 	}
-	certRecheck, err := r.reconcileCertificates(ctx, cluster)
+	certRecheck, componentTLS, err := r.reconcileCertificates(ctx, cluster)
 	if err != nil {
 		return facts, ctrl.Result{}, err
 	}
 
 	facts.monitoringAvailable = r.kindExists(serviceMonitorKind)
-	objects, err := r.desiredObjects(cluster, keys, tenants, facts.monitoringAvailable)
+	objects, err := r.desiredObjects(cluster, keys, tenants, facts.monitoringAvailable, componentTLS)
 	if err != nil {
 		return facts, ctrl.Result{}, err
 	}
@@ -162,8 +162,9 @@ func (r *MetricsClusterReconciler) reconcileObjects(ctx context.Context, cluster
 
 // desiredObjects is everything built from the spec and the tenants: the workloads and their configuration,
 // and the gateway's key set and tenant list.
-func (r *MetricsClusterReconciler) desiredObjects(cluster *v1alpha1.MetricsCluster, keys signingKeys, tenants []v1alpha1.Tenant, monitoring bool) ([]client.Object, error) {
+func (r *MetricsClusterReconciler) desiredObjects(cluster *v1alpha1.MetricsCluster, keys signingKeys, tenants []v1alpha1.Tenant, monitoring bool, componentTLS manifests.ComponentTLS) ([]client.Object, error) {
 	opts := manifests.NewBuildOptions(cluster, r.GatewayImage, monitoring)
+	opts.TLS = &componentTLS
 	limits := make(map[string]v1alpha1.TenantLimits, len(tenants)+1)
 	limits[v1alpha1.SystemTenant] = v1alpha1.TenantLimits{}
 	for _, t := range tenants {

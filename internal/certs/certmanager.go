@@ -20,7 +20,8 @@ const (
 // BuildCertificate is the cert-manager.io/v1 Certificate that has issuer write a certificate for dnsNames into
 // the kubernetes.io/tls Secret secretName, used instead of the built-in CA when spec.tls.issuerRef is set.
 // The key is ECDSA P-256, regenerated on every renewal; the certificate lives LeafLifetime and cert-manager
-// renews it LeafRenewBefore its expiry. An empty issuer kind or group takes the CRD's defaults (Issuer,
+// renews it LeafRenewBefore its expiry. Like IssueServing's, it is both a server and a client certificate:
+// the Cortex components present theirs on both ends of mutual TLS. An empty issuer kind or group takes the CRD's defaults (Issuer,
 // cert-manager.io), so the object is the same whether or not the MetricsCluster was defaulted.
 func BuildCertificate(namespace, name, secretName string, dnsNames []string, issuer v1alpha1.IssuerReference) *unstructured.Unstructured {
 	kind, group := issuer.Kind, issuer.Group
@@ -54,6 +55,7 @@ func BuildCertificate(namespace, name, secretName string, dnsNames []string, iss
 				"size":           int64(256),
 				"rotationPolicy": "Always",
 			},
+			"usages":      []any{"digital signature", "server auth", "client auth"},
 			"duration":    hours(LeafLifetime),
 			"renewBefore": hours(LeafRenewBefore),
 		},

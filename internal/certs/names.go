@@ -27,6 +27,35 @@ func GatewayDNSNames(cluster, namespace, hostname string) []string {
 	if hostname = strings.TrimSuffix(strings.TrimSpace(hostname), "."); hostname != "" {
 		names = append(names, hostname)
 	}
+	return sortedUnique(names)
+}
+
+// ServiceDNSNames are the names a certificate needs to be valid for every in-cluster name of the given Services
+// of namespace: each Service's short name, .<namespace>, .<namespace>.svc and .<namespace>.svc.cluster.local;
+// and for each headless Service also the wildcard *.<service>.<namespace>.svc (and its cluster.local form),
+// which matches the per-pod names a StatefulSet's pods get under their governing Service. Lower-cased, sorted,
+// each once.
+func ServiceDNSNames(namespace string, services, headless []string) []string {
+	var names []string
+	for _, service := range append(append([]string{}, services...), headless...) {
+		names = append(names,
+			service,
+			service+"."+namespace,
+			service+"."+namespace+".svc",
+			service+"."+namespace+".svc."+clusterDomain,
+		)
+	}
+	for _, service := range headless {
+		names = append(names,
+			"*."+service+"."+namespace+".svc",
+			"*."+service+"."+namespace+".svc."+clusterDomain,
+		)
+	}
+	return sortedUnique(names)
+}
+
+// sortedUnique lower-cases names, sorts them and drops repeats.
+func sortedUnique(names []string) []string {
 	for i := range names {
 		names[i] = strings.ToLower(names[i])
 	}

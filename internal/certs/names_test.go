@@ -3,6 +3,7 @@ package certs
 import (
 	"reflect"
 	"testing"
+	"time"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -87,10 +88,65 @@ func TestBuildCertificate(t *testing.T) {
 			if err != nil || !found || size != 256 {
 				t.Errorf("spec.privateKey.size = %d (found %v, %v), want 256", size, found, err)
 			}
+			usages, found, err := unstructured.NestedStringSlice(obj.Object, "spec", "usages")
+			if want := []string{"digital signature", "server auth", "client auth"}; err != nil || !found || !reflect.DeepEqual(usages, want) {
+				t.Errorf("spec.usages = %q (found %v, %v), want %q", usages, found, err, want)
+			}
 			dnsNames, found, err := unstructured.NestedStringSlice(obj.Object, "spec", "dnsNames")
 			if err != nil || !found || !reflect.DeepEqual(dnsNames, names) {
 				t.Errorf("spec.dnsNames = %q (found %v, %v), want %q", dnsNames, found, err, names)
 			}
 		})
+	}
+}
+
+func TestServiceDNSNames(t *testing.T) {
+	got := ServiceDNSNames("obs", []string{"m-ingester", "M-Distributor"}, []string{"m-ingester-headless"})
+	want := []string{
+		"*.m-ingester-headless.obs.svc",
+		"*.m-ingester-headless.obs.svc.cluster.local",
+		"m-distributor",
+		"m-distributor.obs",
+		"m-distributor.obs.svc",
+		"m-distributor.obs.svc.cluster.local",
+		"m-ingester",
+		"m-ingester-headless",
+		"m-ingester-headless.obs",
+		"m-ingester-headless.obs.svc",
+		"m-ingester-headless.obs.svc.cluster.local",
+		"m-ingester.obs",
+		"m-ingester.obs.svc",
+		"m-ingester.obs.svc.cluster.local",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("ServiceDNSNames = %q\nwant %q", got, want)
+	}
+	if got := ServiceDNSNames("obs", []string{"a", "a"}, nil); !reflect.DeepEqual(got, []string{"a", "a.obs", "a.obs.svc", "a.obs.svc.cluster.local"}) {
+		t.Errorf("a Service named twice: %q", got)
+	}
+}
+
+// A certificate for ServiceDNSNames verifies for a pod's name under a headless Service through the wildcard.
+func TestServiceDNSNamesCoverPodNames(t *testing.T) {
+	now := time.Now()
+	ca, err := NewCA("test CA", now, CALifetime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := IssueServing(ca, ServiceDNSNames("obs", []string{"m-ingester"}, []string{"m-ingester-headless"}), nil, now, LeafLifetime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _, err := ParseKeyPair(leaf.CertPEM, leaf.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, host := range []string{"m-ingester-0.m-ingester-headless.obs.svc", "m-ingester-2.m-ingester-headless.obs.svc.cluster.local", "m-ingester.obs"} {
+		if err := cert.VerifyHostname(host); err != nil {
+			t.Errorf("the certificate does not cover %s: %v", host, err)
+		}
+	}
+	if err := cert.VerifyHostname("m-querier.obs.svc"); err == nil {
+		t.Error("the certificate covers a Service it was not issued for")
 	}
 }

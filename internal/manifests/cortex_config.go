@@ -52,6 +52,68 @@ type Options struct {
 	// DefaultTenantLimits is spec.defaultTenantLimits: the limits of tenants that are not in the runtime
 	// overrides, such as the system tenant. Unset fields take the Builtin* constants.
 	DefaultTenantLimits v1alpha1.TenantLimits
+
+	// TLS is the component certificate. The controller always sets it; left nil (as some tests do), the
+	// components talk plain gRPC and gossip.
+	TLS *ComponentTLS
+}
+
+// ComponentTLS is the certificate every Cortex process of a cluster presents, as server and as client, on
+// its gRPC port and on the memberlist gossip port. The HTTP port stays plain: the gateway, the readiness
+// probes, Prometheus scrapes and the controller's ring reader use it, and the NetworkPolicy admits only
+// those and the cluster's own components to it.
+type ComponentTLS struct {
+	// Dir is where the Secret CortexTLSSecretName is mounted: tls.crt, tls.key and ca.crt (CortexTLSDir in
+	// production).
+	Dir string
+	// Hash identifies the certificate and CA in the Secret; the pod templates carry it in TLSHashAnnotation.
+	// Cortex's gRPC and memberlist clients read their certificate and CA only at start (only the gRPC server
+	// reloads its certificate on each handshake), so a renewed certificate must restart the pods: the
+	// changed annotation rolls them in the upgrade planner's order, like a configuration change.
+	Hash string
+}
+
+// The component certificate: the Secret the controller keeps (or has cert-manager keep), where the pods
+// mount it, and the annotation that restarts them when it changes.
+const (
+	CortexTLSDir      = "/etc/cortex/tls"
+	TLSHashAnnotation = "opstrace.io/tls-hash"
+	// TLSCAKey is the key of the CA bundle in a TLS Secret, next to tls.crt and tls.key; cert-manager writes
+	// the same key.
+	TLSCAKey = "ca.crt"
+)
+
+// CortexTLSSecretName is the kubernetes.io/tls Secret holding the component certificate (tls.crt, tls.key)
+// and the CA that signed it (ca.crt).
+func CortexTLSSecretName(cluster string) string { return cluster + "-cortex-tls" }
+
+// CortexServices are the names of the Cortex Services of a topology that the component certificate must
+// cover: each component's Service, and the headless Services (each component's and, for microservices, the
+// gossip ring's), whose pods also have per-pod names.
+func CortexServices(cluster string, topology v1alpha1.Topology) (services, headless []string) {
+	components := MicroservicesComponents
+	if topology == v1alpha1.TopologySingle {
+		components = []string{TargetAll}
+	}
+	for _, component := range components {
+		services = append(services, ComponentName(cluster, component))
+		headless = append(headless, HeadlessServiceName(cluster, component))
+	}
+	if topology == v1alpha1.TopologyMicroservices {
+		headless = append(headless, GossipRingServiceName(cluster))
+	}
+	return services, headless
+}
+
+// tlsServerName is the name a client expects on the certificate of the component it dials. Clients dial pod
+// IPs (from the rings, or a headless Service resolved to every pod), which no certificate can name in
+// advance, so each checks the name of the Service in front of its peer. Every component presents the same
+// certificate: the check proves the peer is a component of this cluster, signed by its CA, not which one.
+func tlsServerName(opts Options, component string) string {
+	if opts.Topology == v1alpha1.TopologySingle {
+		component = TargetAll
+	}
+	return ComponentName(opts.ClusterName, component) + "." + opts.Namespace + ".svc"
 }
 
 // RuntimeConfigPeriod is how often Cortex re-reads the runtime overrides file.
@@ -108,6 +170,16 @@ type s3Data struct {
 
 type gcsData struct{ BucketName string }
 
+// tlsData are the component certificate's files and the name each client expects on its peer's certificate.
+type tlsData struct {
+	CertFile, KeyFile, CAFile string
+	Ingester                  string
+	StoreGateway              string
+	QueryFrontend             string
+	GossipRing                string
+	All                       string
+}
+
 // cortexTemplateData is what the template sees: every decision is made here, the template only prints.
 type cortexTemplateData struct {
 	CortexVersion        string
@@ -125,6 +197,7 @@ type cortexTemplateData struct {
 	Filesystem           *filesystemData
 	S3                   *s3Data
 	GCS                  *gcsData
+	TLS                  *tlsData
 	Dirs                 cortexDirs
 	RuntimeConfigFile    string
 	RuntimeConfigPeriod  string
@@ -186,6 +259,19 @@ func CortexConfig(opts Options) ([]byte, error) {
 		data.GCS = &gcsData{BucketName: opts.Storage.GCS.Bucket}
 	}
 
+	if opts.TLS != nil {
+		data.TLS = &tlsData{
+			CertFile:      path.Join(opts.TLS.Dir, corev1.TLSCertKey),
+			KeyFile:       path.Join(opts.TLS.Dir, corev1.TLSPrivateKeyKey),
+			CAFile:        path.Join(opts.TLS.Dir, TLSCAKey),
+			Ingester:      tlsServerName(opts, ComponentIngester),
+			StoreGateway:  tlsServerName(opts, ComponentStoreGateway),
+			QueryFrontend: tlsServerName(opts, ComponentQueryFrontend),
+			GossipRing:    GossipRingServiceName(opts.ClusterName) + "." + opts.Namespace + ".svc",
+			All:           tlsServerName(opts, TargetAll),
+		}
+	}
+
 	var out bytes.Buffer
 	if err := cortexTemplate.Execute(&out, data); err != nil {
 		return nil, fmt.Errorf("render Cortex configuration: %w", err)
@@ -214,9 +300,13 @@ func validateOptions(opts Options) error {
 	if opts.MetricsRetentionDays < 1 {
 		errs = append(errs, fmt.Errorf("metrics retention of %d days must be at least 1 day", opts.MetricsRetentionDays))
 	}
-	for _, file := range []struct{ name, path string }{
+	files := []struct{ name, path string }{
 		{"data directory", opts.DataDir}, {"config file", opts.ConfigFile}, {"runtime config file", opts.RuntimeConfigFile},
-	} {
+	}
+	if opts.TLS != nil {
+		files = append(files, struct{ name, path string }{"TLS directory", opts.TLS.Dir})
+	}
+	for _, file := range files {
 		if !path.IsAbs(file.path) {
 			errs = append(errs, fmt.Errorf("%s %q must be an absolute path", file.name, file.path))
 		}

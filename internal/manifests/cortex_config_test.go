@@ -9,12 +9,14 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
+	"github.com/opstrace/opstrace/internal/certs"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/ from the current output")
@@ -76,6 +78,7 @@ func productionOptions(topology v1alpha1.Topology, size v1alpha1.SizePreset, sto
 		GRPCPort:             DefaultGRPCPort,
 		GossipPort:           DefaultGossipPort,
 		DefaultTenantLimits:  v1alpha1.TenantLimits{IngestionRate: ptr.To[int64](50000)},
+		TLS:                  &ComponentTLS{Dir: CortexTLSDir, Hash: "9f86d081884c7d65"},
 	}
 }
 
@@ -472,5 +475,87 @@ func TestRuntimeOverridesAreSortedAndStable(t *testing.T) {
 	}
 	if _, err := RuntimeOverrides(v1alpha1.TenantLimits{}, map[string]v1alpha1.TenantLimits{"": {}}); err == nil {
 		t.Errorf("an empty tenant ID was accepted")
+	}
+}
+
+// Every name a client of the rendered configuration expects on its peer's certificate is one the component
+// certificate is issued for (certs.ServiceDNSNames of CortexServices, as the controller issues it), and every
+// TLS file is in the mounted directory.
+func TestCortexConfigTLSNamesAreOnTheComponentCertificate(t *testing.T) {
+	now := time.Now()
+	ca, err := certs.NewCA("test CA", now, certs.CALifetime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, topology := range []v1alpha1.Topology{v1alpha1.TopologySingle, v1alpha1.TopologyMicroservices} {
+		t.Run(string(topology), func(t *testing.T) {
+			opts := productionOptions(topology, v1alpha1.SizeSmall, awsStorage)
+			services, headless := CortexServices(opts.ClusterName, topology)
+			leaf, err := certs.IssueServing(ca, certs.ServiceDNSNames(opts.Namespace, services, headless), nil, now, certs.LeafLifetime)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cert, _, err := certs.ParseKeyPair(leaf.CertPEM, leaf.KeyPEM)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := CortexConfig(opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var doc map[string]any
+			if err := yaml.Unmarshal(out, &doc); err != nil {
+				t.Fatal(err)
+			}
+			clients := [][]string{
+				{"ingester_client", "grpc_client_config"},
+				{"frontend_worker", "grpc_client_config"},
+				{"querier", "store_gateway_client"},
+			}
+			if topology == v1alpha1.TopologySingle {
+				clients = append(clients, []string{"ruler", "ruler_client"}, []string{"alertmanager", "alertmanager_client"})
+			} else {
+				clients = append(clients, []string{"memberlist"})
+			}
+			for _, keys := range clients {
+				client, ok := lookup(t, doc, keys...).(map[string]any)
+				if !ok {
+					t.Fatalf("%s is missing", strings.Join(keys, "."))
+				}
+				if client["tls_enabled"] != true {
+					t.Errorf("%s.tls_enabled = %v, want true", strings.Join(keys, "."), client["tls_enabled"])
+				}
+				name, _ := client["tls_server_name"].(string)
+				if err := cert.VerifyHostname(name); err != nil {
+					t.Errorf("%s.tls_server_name %q is not on the component certificate: %v", strings.Join(keys, "."), name, err)
+				}
+				for _, key := range []string{"tls_cert_path", "tls_key_path", "tls_ca_path"} {
+					if file, _ := client[key].(string); filepath.Dir(file) != CortexTLSDir {
+						t.Errorf("%s.%s = %q, want a file in %s", strings.Join(keys, "."), key, file, CortexTLSDir)
+					}
+				}
+			}
+			if got := lookup(t, doc, "server", "grpc_tls_config", "client_auth_type"); got != "RequireAndVerifyClientCert" {
+				t.Errorf("server.grpc_tls_config.client_auth_type = %v, want RequireAndVerifyClientCert", got)
+			}
+			if got := lookup(t, doc, "server", "http_tls_config"); got != nil {
+				t.Errorf("server.http_tls_config = %v; the HTTP port stays plain for the gateway, probes and scrapes", got)
+			}
+		})
+	}
+
+	// Without TLS (as testenv.StartCortex runs it) nothing of it is rendered.
+	opts := productionOptions(v1alpha1.TopologyMicroservices, v1alpha1.SizeSmall, awsStorage)
+	opts.TLS = nil
+	out, err := CortexConfig(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "tls_") {
+		t.Errorf("a configuration without TLS options mentions TLS:\n%s", out)
+	}
+	opts.TLS = &ComponentTLS{Dir: "relative/tls"}
+	if _, err := CortexConfig(opts); err == nil || !strings.Contains(err.Error(), "TLS directory") {
+		t.Errorf("a relative TLS directory: %v, want an error naming it", err)
 	}
 }

@@ -34,6 +34,7 @@ const (
 	volumeRuntime        = "runtime"
 	volumeTmp            = "tmp"
 	volumeGCSCredentials = "gcs-credentials"
+	volumeCortexTLS      = "tls"
 	gcsCredentialsKey    = "service-account.json"
 )
 
@@ -147,7 +148,8 @@ func podSecurityContext() *corev1.PodSecurityContext {
 }
 
 // cortexPodTemplate is the pod of a Cortex component. Its ConfigHashAnnotation changes with the Cortex
-// configuration only: the runtime overrides are re-read by Cortex, so a tenant's new limit rolls no pod.
+// configuration only: the runtime overrides are re-read by Cortex, so a tenant's new limit rolls no pod. Its
+// TLSHashAnnotation changes with the component certificate, which Cortex's clients read only at start.
 func cortexPodTemplate(opts BuildOptions, component string, size componentSize) corev1.PodTemplateSpec {
 	grace := DefaultTerminationGracePeriodSeconds
 	if component == ComponentIngester || component == TargetAll {
@@ -186,6 +188,22 @@ func cortexPodTemplate(opts BuildOptions, component string, size componentSize) 
 			},
 		}})
 	}
+	annotations := map[string]string{ConfigHashAnnotation: ConfigHash(opts.CortexConfig)}
+	if tls := opts.TLS; tls != nil {
+		mounts = append(mounts, corev1.VolumeMount{Name: volumeCortexTLS, MountPath: tls.Dir, ReadOnly: true})
+		volumes = append(volumes, corev1.Volume{Name: volumeCortexTLS, VolumeSource: corev1.VolumeSource{
+			Secret: &corev1.SecretVolumeSource{
+				SecretName: CortexTLSSecretName(opts.ClusterName),
+				Items: []corev1.KeyToPath{
+					{Key: corev1.TLSCertKey, Path: corev1.TLSCertKey},
+					{Key: corev1.TLSPrivateKeyKey, Path: corev1.TLSPrivateKeyKey},
+					{Key: TLSCAKey, Path: TLSCAKey},
+				},
+			},
+		}})
+		// Cortex's clients read the files only at start: a new certificate restarts the pods (ComponentTLS).
+		annotations[TLSHashAnnotation] = tls.Hash
+	}
 	name := component
 	if component == TargetAll {
 		name = AppCortex
@@ -193,7 +211,7 @@ func cortexPodTemplate(opts BuildOptions, component string, size componentSize) 
 	return withTemplateHash(corev1.PodTemplateSpec{
 		ObjectMeta: metav1.ObjectMeta{
 			Labels:      Labels(opts.ClusterName, component),
-			Annotations: map[string]string{ConfigHashAnnotation: ConfigHash(opts.CortexConfig)},
+			Annotations: annotations,
 		},
 		Spec: corev1.PodSpec{
 			ServiceAccountName:            CortexServiceAccountName(opts.ClusterName),

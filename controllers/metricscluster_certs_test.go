@@ -1,0 +1,185 @@
+package controllers
+
+import (
+	"crypto/x509"
+	"slices"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
+	"github.com/opstrace/opstrace/internal/certs"
+	"github.com/opstrace/opstrace/internal/manifests"
+)
+
+// leafOf reads the certificate of a TLS Secret and checks it against the cluster's CA, for server and client
+// use under name.
+func (h *harness) leafOf(secretName, caSecretName, name string) *x509.Certificate {
+	h.t.Helper()
+	var secret, ca corev1.Secret
+	h.get(secretName, &secret)
+	h.get(caSecretName, &ca)
+	if secret.Type != corev1.SecretTypeTLS {
+		h.t.Fatalf("Secret %s has type %s, want %s", secretName, secret.Type, corev1.SecretTypeTLS)
+	}
+	cert, _, err := certs.ParseKeyPair(secret.Data[corev1.TLSCertKey], secret.Data[corev1.TLSPrivateKeyKey])
+	if err != nil {
+		h.t.Fatalf("Secret %s: %v", secretName, err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(secret.Data[manifests.TLSCAKey]) {
+		h.t.Fatalf("Secret %s has no CA in %s", secretName, manifests.TLSCAKey)
+	}
+	caCert, _, err := certs.ParseKeyPair(ca.Data[corev1.TLSCertKey], ca.Data[corev1.TLSPrivateKeyKey])
+	if err != nil {
+		h.t.Fatalf("CA Secret %s: %v", caSecretName, err)
+	}
+	only := x509.NewCertPool()
+	only.AddCert(caCert)
+	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
+		for _, pool := range []*x509.CertPool{roots, only} {
+			if _, err := cert.Verify(x509.VerifyOptions{DNSName: name, Roots: pool, CurrentTime: h.now, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
+				h.t.Fatalf("certificate of %s does not verify for %s (usage %v) against the cluster CA: %v", secretName, name, usage, err)
+			}
+		}
+	}
+	return cert
+}
+
+func TestComponentCertificateIsKeptMountedAndRenewedAt80Percent(t *testing.T) {
+	h := newHarness(t)
+	h.create(singleCluster("metrics"))
+	h.reconcileCluster("metrics")
+
+	var cluster v1alpha1.MetricsCluster
+	h.get("metrics", &cluster)
+	secretName := manifests.CortexTLSSecretName("metrics")
+	var secret corev1.Secret
+	h.get(secretName, &secret)
+	if !ownedBy(&secret, &cluster) {
+		t.Fatalf("Secret %s is not controlled by the MetricsCluster: %v", secretName, secret.OwnerReferences)
+	}
+	ns := h.ns
+	component := h.leafOf(secretName, manifests.CASecretName("metrics"), "metrics-all."+ns+".svc")
+	for _, name := range []string{"metrics-all", "metrics-all." + ns + ".svc.cluster.local", "metrics-all-0.metrics-all-headless." + ns + ".svc"} {
+		if err := component.VerifyHostname(name); err != nil {
+			t.Errorf("the component certificate does not cover %s: %v", name, err)
+		}
+	}
+	gateway := h.leafOf(manifests.GatewayTLSSecretName("metrics"), manifests.CASecretName("metrics"), "metrics-gateway."+ns+".svc")
+
+	// The pods mount the Secret and carry a hash of it, so that a new certificate restarts them.
+	statefulSet := func() (string, *corev1.Volume) {
+		var sts appsv1.StatefulSet
+		h.get("metrics-all", &sts)
+		for i, v := range sts.Spec.Template.Spec.Volumes {
+			if v.Secret != nil && v.Secret.SecretName == secretName {
+				return sts.Spec.Template.Annotations[manifests.TLSHashAnnotation], &sts.Spec.Template.Spec.Volumes[i]
+			}
+		}
+		return sts.Spec.Template.Annotations[manifests.TLSHashAnnotation], nil
+	}
+	hash0, volume := statefulSet()
+	if volume == nil || hash0 == "" {
+		t.Fatalf("the StatefulSet mounts no %s (%v) or has no %s annotation (%q)", secretName, volume, manifests.TLSHashAnnotation, hash0)
+	}
+	if hash0 != componentTLS(secret.Data).Hash {
+		t.Fatalf("pod template annotation %s = %q, want the hash of the Secret %q", manifests.TLSHashAnnotation, hash0, componentTLS(secret.Data).Hash)
+	}
+
+	// Before 80% of its lifetime nothing is renewed, and the controller comes back at 80%.
+	renewAt := certs.RenewAt(component)
+	h.now = renewAt.Add(-time.Hour)
+	result := h.reconcileCluster("metrics")
+	if result.RequeueAfter <= 0 || result.RequeueAfter > time.Hour {
+		t.Errorf("an hour before renewal the reconcile asks to come back after %v, want at most an hour", result.RequeueAfter)
+	}
+	if again := h.leafOf(secretName, manifests.CASecretName("metrics"), "metrics-all."+ns+".svc"); again.SerialNumber.Cmp(component.SerialNumber) != 0 {
+		t.Fatal("the component certificate was renewed before 80% of its lifetime")
+	}
+	if hash, _ := statefulSet(); hash != hash0 {
+		t.Fatal("the pods' certificate hash changed although the certificate did not")
+	}
+
+	// Past 80% it is renewed (and the gateway's, issued at the same time, too); the pods' hash follows.
+	h.now = renewAt.Add(time.Minute)
+	h.reconcileCluster("metrics")
+	renewed := h.leafOf(secretName, manifests.CASecretName("metrics"), "metrics-all."+ns+".svc")
+	if renewed.SerialNumber.Cmp(component.SerialNumber) == 0 || !renewed.NotAfter.After(component.NotAfter) {
+		t.Fatalf("the component certificate was not renewed past 80%% of its lifetime (NotAfter %v, was %v)", renewed.NotAfter, component.NotAfter)
+	}
+	if g := h.leafOf(manifests.GatewayTLSSecretName("metrics"), manifests.CASecretName("metrics"), "metrics-gateway."+ns+".svc"); g.SerialNumber.Cmp(gateway.SerialNumber) == 0 {
+		t.Fatal("the gateway certificate was not renewed past 80% of its lifetime")
+	}
+	if hash, _ := statefulSet(); hash == hash0 {
+		t.Fatal("the pods' certificate hash did not change with the certificate: Cortex's clients would keep the old one")
+	}
+
+	// Once the status has caught up with the restart the new hash started (one more reconcile), a reconcile
+	// with nothing changed writes nothing again: the renewal does not repeat.
+	h.reconcileCluster("metrics")
+	before := h.writes.n.Load()
+	h.reconcileCluster("metrics")
+	if writes := h.writes.n.Load() - before; writes != 0 {
+		t.Fatalf("a reconcile after the renewal made %d write calls, want 0", writes)
+	}
+}
+
+func TestIssuerRefMakesACertManagerCertificateForTheComponents(t *testing.T) {
+	h := newHarness(t)
+	cluster := singleCluster("metrics")
+	cluster.Spec.TLS.IssuerRef = &v1alpha1.IssuerReference{Name: "internal-ca", Kind: "ClusterIssuer"}
+	h.create(cluster)
+	h.reconcileCluster("metrics")
+
+	secretName := manifests.CortexTLSSecretName("metrics")
+	certificate := &unstructured.Unstructured{}
+	certificate.SetAPIVersion("cert-manager.io/v1")
+	certificate.SetKind("Certificate")
+	h.get(secretName, certificate)
+	h.get("metrics", cluster)
+	if !ownedBy(certificate, cluster) {
+		t.Errorf("Certificate %s is not controlled by the MetricsCluster", secretName)
+	}
+	names, _, _ := unstructured.NestedStringSlice(certificate.Object, "spec", "dnsNames")
+	target, _, _ := unstructured.NestedString(certificate.Object, "spec", "secretName")
+	issuer, _, _ := unstructured.NestedString(certificate.Object, "spec", "issuerRef", "name")
+	usages, _, _ := unstructured.NestedStringSlice(certificate.Object, "spec", "usages")
+	for _, want := range []string{"metrics-all." + h.ns + ".svc", "*.metrics-all-headless." + h.ns + ".svc"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("Certificate dnsNames %v lack %s", names, want)
+		}
+	}
+	if target != secretName || issuer != "internal-ca" || !slices.Contains(usages, "client auth") || !slices.Contains(usages, "server auth") {
+		t.Errorf("Certificate secretName %q issuer %q usages %v; want %s, internal-ca, server and client auth", target, issuer, usages, secretName)
+	}
+
+	// When cert-manager writes the Secret, the pods get its hash (and restart when it renews it).
+	hash := func() string {
+		var sts appsv1.StatefulSet
+		h.get("metrics-all", &sts)
+		return sts.Spec.Template.Annotations[manifests.TLSHashAnnotation]
+	}
+	if got := hash(); got != "" {
+		t.Fatalf("before cert-manager issued anything the pods' certificate hash is %q, want empty", got)
+	}
+	now := time.Now()
+	ca, err := certs.NewCA("cert-manager test CA", now, certs.CALifetime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := certs.IssueServing(ca, names, nil, now, certs.LeafLifetime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := map[string][]byte{corev1.TLSCertKey: leaf.CertPEM, corev1.TLSPrivateKeyKey: leaf.KeyPEM, manifests.TLSCAKey: ca.CertPEM}
+	h.create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: secretName}, Type: corev1.SecretTypeTLS, Data: data})
+	h.reconcileCluster("metrics")
+	if got := hash(); got == "" || got != componentTLS(data).Hash {
+		t.Fatalf("after cert-manager wrote the Secret the pods' certificate hash is %q, want %q", got, componentTLS(data).Hash)
+	}
+}
