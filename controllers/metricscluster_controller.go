@@ -24,6 +24,7 @@ import (
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
 	"github.com/opstrace/opstrace/internal/apply"
 	"github.com/opstrace/opstrace/internal/manifests"
+	"github.com/opstrace/opstrace/internal/storageprobe"
 	"github.com/opstrace/opstrace/internal/upgrade"
 )
 
@@ -42,6 +43,8 @@ type MetricsClusterReconciler struct {
 	// Ring reads the ingester ring for the rollout of ingesters. When nil the ring check is disabled: every
 	// Ready ingester pod counts as ACTIVE in the ring.
 	Ring RingReader
+	// StorageProbe checks the bucket with the credentials Secret (storageprobe.New()); nil probes nothing.
+	StorageProbe storageprobe.Prober
 }
 
 var (
@@ -93,7 +96,7 @@ func (r *MetricsClusterReconciler) reconcileObjects(ctx context.Context, cluster
 		facts.version = cluster.Spec.Version
 	}
 	if err := r.checkCredentials(ctx, cluster); err != nil {
-		return facts, ctrl.Result{}, err
+		return facts, ctrl.Result{RequeueAfter: storageRecheck(err)}, err
 	}
 	tenants, err := r.tenants(ctx, cluster)
 	if err != nil {
@@ -211,7 +214,7 @@ func (r *MetricsClusterReconciler) checkCredentials(ctx context.Context, cluster
 				"Secret %s lacks the key %s, which %s storage needs; add it", name, key, cluster.Spec.Storage.Type)}
 		}
 	}
-	return nil
+	return r.checkStorage(ctx, cluster, name, secret.Data)
 }
 
 // credentialsSecret is the name of the storage credentials Secret and the keys it must hold.
