@@ -10,8 +10,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -193,6 +197,7 @@ func TestRemoteWriteAndQueryThroughTheGatewayAreIsolatedPerTenant(t *testing.T) 
 func BenchmarkRemoteWrite(b *testing.B) {
 	// Cortex's own per-tenant limit must not be what is measured.
 	s := startStack(b, v1alpha1.TenantLimits{IngestionRate: ptr.To[int64](100_000_000), IngestionBurst: ptr.To[int64](100_000_000)}, "bench")
+	findCortex(b, s.cortex.Options.ConfigFile)
 	const seriesPerRequest, concurrency, roundRequests = 500, 8, 32
 	// Like Prometheus' remote-write shards, each worker owns its series and sends their samples in order. The
 	// requests are encoded before the clock starts: the client's work is not what is compared.
@@ -210,15 +215,16 @@ func BenchmarkRemoteWrite(b *testing.B) {
 		}
 		return remotewrite.Encode(series)
 	}
-	// run sends n requests, spread over the concurrent workers, and returns how long they took and each one's
-	// latency.
-	run := func(b *testing.B, n int, client *http.Client, base, token string, header http.Header) (time.Duration, []time.Duration) {
+	// run sends n requests, spread over the concurrent workers, and returns how long they took, the CPU time
+	// Cortex and this process (client, and gateway if it is the target) spent meanwhile, and each one's latency.
+	run := func(b *testing.B, n int, client *http.Client, base, token string, header http.Header) (time.Duration, time.Duration, []time.Duration) {
 		var bodies [concurrency][][]byte
 		for i := range n {
 			bodies[i%concurrency] = append(bodies[i%concurrency], request(i%concurrency))
 		}
 		latencies := make([][]time.Duration, concurrency)
 		errs := make(chan error, concurrency)
+		cpuBefore := processCPU(b) + cortexCPU(b)
 		began := time.Now()
 		for worker := range concurrency {
 			go func() {
@@ -238,7 +244,8 @@ func BenchmarkRemoteWrite(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		return time.Since(began), slices.Concat(latencies...)
+		elapsed := time.Since(began)
+		return elapsed, processCPU(b) + cortexCPU(b) - cpuBefore, slices.Concat(latencies...)
 	}
 	p99 := func(latencies []time.Duration) time.Duration {
 		slices.Sort(latencies)
@@ -251,17 +258,28 @@ func BenchmarkRemoteWrite(b *testing.B) {
 		client *http.Client
 	}{{"http1", http1Client(s.client)}, {"http2", s.client}} {
 		b.Run(tt.name, func(b *testing.B) {
-			var directTime, gatewayTime time.Duration
+			var directTime, gatewayTime, directCPU, gatewayCPU time.Duration
 			var directLatencies, gatewayLatencies []time.Duration
 			var ratios []float64
-			for done := 0; done < b.N; done += roundRequests {
-				n := min(roundRequests, b.N-done)
-				directElapsed, latencies := run(b, n, direct, s.cortex.URL, "", directHeader)
+			for round := 0; round*roundRequests < b.N; round++ {
+				n := min(roundRequests, b.N-round*roundRequests)
+				var directElapsed, gatewayElapsed, directCPURound, gatewayCPURound time.Duration
+				var directRound, gatewayRound []time.Duration
+				// Which side goes first alternates: Cortex's background work after a round (WAL, head
+				// compaction) must not always fall on the same side.
+				if round%2 == 0 {
+					directElapsed, directCPURound, directRound = run(b, n, direct, s.cortex.URL, "", directHeader)
+					gatewayElapsed, gatewayCPURound, gatewayRound = run(b, n, tt.client, s.gateway.URL, s.tokens["bench"], nil)
+				} else {
+					gatewayElapsed, gatewayCPURound, gatewayRound = run(b, n, tt.client, s.gateway.URL, s.tokens["bench"], nil)
+					directElapsed, directCPURound, directRound = run(b, n, direct, s.cortex.URL, "", directHeader)
+				}
 				directTime += directElapsed
-				directLatencies = append(directLatencies, latencies...)
-				gatewayElapsed, latencies := run(b, n, tt.client, s.gateway.URL, s.tokens["bench"], nil)
 				gatewayTime += gatewayElapsed
-				gatewayLatencies = append(gatewayLatencies, latencies...)
+				directCPU += directCPURound
+				gatewayCPU += gatewayCPURound
+				directLatencies = append(directLatencies, directRound...)
+				gatewayLatencies = append(gatewayLatencies, gatewayRound...)
 				ratios = append(ratios, directElapsed.Seconds()/gatewayElapsed.Seconds())
 			}
 			b.ReportMetric(float64(b.N*seriesPerRequest)/directTime.Seconds(), "direct-samples/s")
@@ -270,10 +288,62 @@ func BenchmarkRemoteWrite(b *testing.B) {
 			// figure.
 			slices.Sort(ratios)
 			b.ReportMetric(ratios[len(ratios)/2], "ratio")
+			// What the gateway costs in CPU, whatever the machine's load: the CPU time of Cortex, client and
+			// gateway per request through the gateway minus directly (the client's TLS included), and the ratio
+			// of the two totals, which is the throughput ratio on a machine whose CPU is the limit.
+			b.ReportMetric(float64((gatewayCPU-directCPU).Microseconds())/1000/float64(b.N), "gateway-cpu-ms/req")
+			b.ReportMetric(directCPU.Seconds()/gatewayCPU.Seconds(), "cpu-ratio")
 			b.ReportMetric(float64(p99(directLatencies).Microseconds())/1000, "direct-p99-ms")
 			b.ReportMetric(float64(p99(gatewayLatencies).Microseconds())/1000, "gateway-p99-ms")
 		})
 	}
+}
+
+// processCPU is the CPU time this process has used.
+func processCPU(b *testing.B) time.Duration {
+	var usage syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &usage); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(usage.Utime.Nano() + usage.Stime.Nano())
+}
+
+// cortexCPU is the CPU time used by the Cortex process started by the benchmark, found by its configuration
+// file in /proc.
+func cortexCPU(b *testing.B) time.Duration {
+	b.Helper()
+	if cortexPID == 0 {
+		b.Fatal("the Cortex process was not found in /proc")
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cortexPID))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the parenthesised command name: state is field 3, utime and stime fields 14 and 15, in
+	// clock ticks of 10 ms.
+	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+var cortexPID int
+
+// findCortex sets cortexPID to the process whose command line names configFile.
+func findCortex(b *testing.B, configFile string) {
+	b.Helper()
+	entries, _ := os.ReadDir("/proc")
+	for _, entry := range entries {
+		pid, err := strconv.Atoi(entry.Name())
+		if err != nil {
+			continue
+		}
+		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && bytes.Contains(cmdline, []byte(configFile)) {
+			cortexPID = pid
+			return
+		}
+	}
+	b.Fatalf("no process runs Cortex with %s", configFile)
 }
 
 // http1Client is client with HTTP/2 turned off: one connection per concurrent request, the same shape as the
