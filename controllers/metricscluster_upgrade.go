@@ -32,10 +32,10 @@ import (
 // A rollout moves on pod events (see CortexPodEvents) and workload events. Two things have no event: the
 // ingester ring, which the controller polls every ringPoll while the planner waits on it, and the deadline
 // of a pod that does not become Ready. upgradeRecheck is a safety net for both, and for a missed event.
-const (
-	ringPoll       = 2 * time.Second
-	upgradeRecheck = 30 * time.Second
-)
+const ringPoll = 2 * time.Second
+
+// upgradeRecheck is a variable only so that a test can take the safety net away.
+var upgradeRecheck = 30 * time.Second
 
 // RingReader reads the ingester ring as the distributors of a cluster see it.
 type RingReader interface {

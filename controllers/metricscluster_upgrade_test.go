@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -12,8 +13,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
@@ -344,3 +347,75 @@ type fakeQueue struct {
 }
 
 func (q *fakeQueue) Add(r reconcile.Request) { q.added = append(q.added, r) }
+
+// The controllers as the manager runs them, with the rollout's safety-net recheck taken away: a version
+// upgrade still goes through every component and every ingester, woken only by the events of the pods the
+// test plays the workload controllers and kubelet for (Ring is nil: a Ready ingester counts as ACTIVE).
+func TestRolloutMovesOnPodEventsAlone(t *testing.T) {
+	defer func(d time.Duration) { upgradeRecheck = d }(upgradeRecheck)
+	upgradeRecheck = time.Hour
+	h := newHarness(t)
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: env.Scheme, Cache: CacheOptions(),
+		Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&MetricsClusterReconciler{Client: mgr.GetClient(), Scheme: mgr.GetScheme(), RESTMapper: mgr.GetRESTMapper(),
+		GatewayImage: "opstrace/opstrace-gateway:test"}).SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error)
+	go func() { stopped <- mgr.Start(ctx) }()
+	defer func() { cancel(); <-stopped }()
+
+	h.create(microservicesCluster("metrics", versionA))
+	order := upgrade.Order(v1alpha1.TopologyMicroservices)
+	exists := func(component string) bool {
+		obj := h.workloadKind(component)
+		return env.Client.Get(ctx, client.ObjectKey{Namespace: h.ns, Name: manifests.ComponentName("metrics", component)}, obj) == nil
+	}
+	for _, component := range order {
+		waitFor(t, func() bool { return exists(component) }, "the "+component+" workload")
+		h.settle("metrics", component)
+	}
+	version := func() string {
+		var mc v1alpha1.MetricsCluster
+		h.get("metrics", &mc)
+		return mc.Status.Version
+	}
+	waitFor(t, func() bool { return version() == versionA }, "status.version "+versionA)
+
+	var cluster v1alpha1.MetricsCluster
+	h.get("metrics", &cluster)
+	cluster.Spec.Version = versionB
+	if err := env.Client.Update(ctx, &cluster); err != nil {
+		t.Fatal(err)
+	}
+	imageB := manifests.CortexImage(versionB)
+	for _, component := range order {
+		waitFor(t, func() bool { return h.templateImage("metrics", component) == imageB }, "the "+component+" template at "+versionB)
+		if component != manifests.ComponentIngester {
+			h.settle("metrics", component)
+		}
+	}
+	n := len(h.pods("metrics", manifests.ComponentIngester))
+	for step := range n {
+		deleted := "metrics-ingester-" + strconv.Itoa(n-1-step)
+		waitFor(t, func() bool {
+			_, ok := h.pods("metrics", manifests.ComponentIngester)[deleted]
+			return !ok
+		}, "ingester "+deleted+" deleted")
+		h.settle("metrics", manifests.ComponentIngester)
+	}
+	waitFor(t, func() bool { return version() == versionB }, "status.version "+versionB)
+}
+
+// workloadKind is an empty Deployment or StatefulSet, as the component runs.
+func (h *harness) workloadKind(component string) client.Object {
+	switch component {
+	case manifests.ComponentDistributor, manifests.ComponentQuerier, manifests.ComponentQueryFrontend, manifests.ComponentGateway:
+		return &appsv1.Deployment{}
+	}
+	return &appsv1.StatefulSet{}
+}
