@@ -19,6 +19,7 @@ func NewRootCommand() *cobra.Command {
 	}
 	root.AddCommand(newVersionCommand(), newCreateCommand(), newDestroyCommand(), newStatusCommand(),
 		newListCommand(), newTenantCommand(), newUpgradeCommand(), newVerifyCommand(), newLocalCommand())
+	addCloudCommands(root)
 	return root
 }
 

@@ -1,0 +1,80 @@
+package installer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+
+	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
+	awscloud "github.com/opstrace/opstrace/internal/installer/cloud/aws"
+	"github.com/opstrace/opstrace/internal/installer/config"
+)
+
+func runCLI(t *testing.T, stdin string, args ...string) (string, error) {
+	t.Helper()
+	root := NewRootCommand()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetIn(strings.NewReader(stdin))
+	root.SetArgs(args)
+	err := root.Execute()
+	return out.String(), err
+}
+
+// Bad input is refused before any AWS call: the client constructor fails the test if reached.
+func TestCreateAWSRefusesBadInputBeforeCallingAWS(t *testing.T) {
+	saved := awsClientsFunc
+	t.Cleanup(func() { awsClientsFunc = saved })
+	awsClientsFunc = func(context.Context, string) (*awscloud.Clients, error) {
+		t.Error("AWS clients built for bad input")
+		return nil, errors.New("no AWS in this test")
+	}
+	for _, tc := range []struct {
+		stdin string
+		args  []string
+		want  string
+	}{
+		{"", []string{"create", "aws", "Prod_1", "-c", "-"}, `cluster name "Prod_1" is invalid`},
+		{"", []string{"create", "aws", "prod"}, "no config file: pass -c FILE"},
+		{"node_count: 0\nbogus: 1\n", []string{"create", "aws", "prod", "-c", "-"}, "node_count (line 1): 0 is out of range"},
+		{"gcp: {project: my-project-1}\n", []string{"create", "aws", "prod", "-c", "-"}, "gcp"},
+	} {
+		_, err := runCLI(t, tc.stdin, tc.args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestCloudObjectsCarryTheRenderedConfigAndIdentity(t *testing.T) {
+	cfg, err := config.Parse([]byte("tenants: [team-a, team-b]\nmetric_retention_days: 90\n"), config.ProviderAWS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := BuildCloudObjects(cloudWorkload{Name: "prod", Config: cfg,
+		Storage:                   v1alpha1.StorageSpec{Type: v1alpha1.StorageS3, S3: &v1alpha1.S3Storage{Bucket: "opstrace-prod-metrics", Region: "us-west-2"}},
+		ServiceAccountAnnotations: map[string]string{"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/opstrace/opstrace-prod-cortex"}}, "opstrace")
+	var kinds []string
+	for _, o := range objs {
+		kinds = append(kinds, o.GetObjectKind().GroupVersionKind().Kind+"/"+o.GetName())
+	}
+	if got := strings.Join(kinds, " "); got != "ConfigMap/opstrace-cluster-config Namespace/opstrace ServiceAccount/prod-cortex MetricsCluster/prod Tenant/team-a Tenant/team-b" {
+		t.Fatalf("objects %s", got)
+	}
+	stored, err := config.Parse([]byte(objs[0].(*corev1.ConfigMap).Data["config.yaml"]), config.ProviderAWS)
+	if err != nil || string(config.Render(stored)) != string(config.Render(cfg)) {
+		t.Errorf("the stored config does not parse back to the same config: %v", err)
+	}
+	mc := objs[3].(*v1alpha1.MetricsCluster)
+	if mc.Spec.Retention.MetricsDays != 90 || mc.Spec.Storage.S3.Bucket != "opstrace-prod-metrics" || mc.Spec.Gateway.ServiceType != corev1.ServiceTypeLoadBalancer {
+		t.Errorf("MetricsCluster spec %+v", mc.Spec)
+	}
+	if objs[2].GetAnnotations()["eks.amazonaws.com/role-arn"] == "" {
+		t.Error("Cortex service account without its IRSA role")
+	}
+}
