@@ -101,6 +101,35 @@ type MetricsClusterSpec struct {
 	// +kubebuilder:default={}
 	// +optional
 	Logs LogsSpec `json:"logs,omitempty"`
+
+	// ServiceAccounts annotates the ServiceAccounts of the pods that read and write object storage, to give
+	// them a cloud identity instead of a credentials Secret: an IAM role on EKS (eks.amazonaws.com/role-arn)
+	// or a Google service account on GKE (iam.gke.io/gcp-service-account). Cortex and Loki have a
+	// ServiceAccount each, so that each identity can be limited to its own bucket.
+	// +optional
+	ServiceAccounts ServiceAccountsSpec `json:"serviceAccounts,omitempty"`
+}
+
+// ServiceAccountsSpec is added to the ServiceAccounts the controller makes for a MetricsCluster.
+type ServiceAccountsSpec struct {
+	// Cortex is added to the ServiceAccount of every Cortex pod, named <cluster>-cortex.
+	// +optional
+	Cortex ServiceAccountSettings `json:"cortex,omitempty"`
+
+	// Loki is added to the ServiceAccount of every Loki pod, named <cluster>-loki.
+	// +optional
+	Loki ServiceAccountSettings `json:"loki,omitempty"`
+}
+
+// ServiceAccountSettings are added to one ServiceAccount.
+type ServiceAccountSettings struct {
+	// Annotations set on the ServiceAccount, such as
+	// eks.amazonaws.com/role-arn: arn:aws:iam::111122223333:role/opstrace/prod-cortex. The controller owns
+	// them: an annotation removed here is removed from the ServiceAccount. Pods pick up a changed identity
+	// when they restart.
+	// +kubebuilder:validation:MaxProperties=32
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // ComponentOverrides sizes individual components, overriding the size preset.

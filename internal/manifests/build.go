@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -40,6 +41,10 @@ type BuildOptions struct {
 
 	// Loki is spec.logs: nil when logs are off, and then no Loki object is built.
 	Loki *LokiBuildOptions
+
+	// ServiceAccounts is spec.serviceAccounts: annotations (cloud identities) of the Cortex and Loki
+	// ServiceAccounts.
+	ServiceAccounts v1alpha1.ServiceAccountsSpec
 }
 
 // NewBuildOptions are the BuildOptions of a MetricsCluster as the API server stores it (CRD defaults
@@ -71,12 +76,13 @@ func NewBuildOptions(mc *v1alpha1.MetricsCluster, gatewayImage string, monitorin
 			GossipPort:           DefaultGossipPort,
 			DefaultTenantLimits:  *mc.Spec.DefaultTenantLimits.DeepCopy(),
 		},
-		CortexImage:    CortexImage(version),
-		GatewayImage:   gatewayImage,
-		Components:     mc.Spec.Components.DeepCopy(),
-		Gateway:        *mc.Spec.Gateway.DeepCopy(),
-		MonitoringCRDs: monitoringCRDs,
-		Loki:           newLokiBuildOptions(mc),
+		CortexImage:     CortexImage(version),
+		GatewayImage:    gatewayImage,
+		Components:      mc.Spec.Components.DeepCopy(),
+		Gateway:         *mc.Spec.Gateway.DeepCopy(),
+		MonitoringCRDs:  monitoringCRDs,
+		Loki:            newLokiBuildOptions(mc),
+		ServiceAccounts: *mc.Spec.ServiceAccounts.DeepCopy(),
 	}
 }
 
@@ -188,9 +194,11 @@ func BuildConfigMaps(opts BuildOptions) []client.Object {
 // BuildCortexServiceAccount is the identity of every Cortex pod. Cortex never calls the API server, so no
 // token is mounted; cloud identities (IRSA, workload identity) annotate this ServiceAccount.
 func BuildCortexServiceAccount(opts BuildOptions) client.Object {
+	meta := objectMeta(opts, CortexServiceAccountName(opts.ClusterName), ComponentCortexShared)
+	meta.Annotations = maps.Clone(opts.ServiceAccounts.Cortex.Annotations)
 	return &corev1.ServiceAccount{
 		TypeMeta:                     metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"},
-		ObjectMeta:                   objectMeta(opts, CortexServiceAccountName(opts.ClusterName), ComponentCortexShared),
+		ObjectMeta:                   meta,
 		AutomountServiceAccountToken: ptr.To(false),
 	}
 }

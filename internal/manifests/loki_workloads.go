@@ -2,6 +2,7 @@ package manifests
 
 import (
 	"errors"
+	"maps"
 	"path"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -233,12 +234,7 @@ func BuildLoki(opts BuildOptions) []client.Object {
 			ObjectMeta: objectMeta(opts, LokiRuntimeConfigMapName(opts.ClusterName), ComponentLokiShared),
 			Data:       map[string]string{LokiRuntimeConfigKey: string(opts.Loki.RuntimeOverrides)},
 		},
-		// Loki never calls the API server; cloud identities (IRSA, workload identity) annotate this account.
-		&corev1.ServiceAccount{
-			TypeMeta:                     metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"},
-			ObjectMeta:                   objectMeta(opts, LokiServiceAccountName(opts.ClusterName), ComponentLokiShared),
-			AutomountServiceAccountToken: ptr.To(false),
-		},
+		buildLokiServiceAccount(opts),
 	}
 	objects = append(objects, buildLokiServices(opts)...)
 	for _, component := range lokiComponents(opts.Topology) {
@@ -479,5 +475,17 @@ func buildLokiNetworkPolicy(opts BuildOptions) client.Object {
 				},
 			},
 		},
+	}
+}
+
+// buildLokiServiceAccount is the identity of every Loki pod. Loki never calls the API server, so no token is
+// mounted; cloud identities (IRSA, workload identity) come from spec.serviceAccounts.loki.annotations.
+func buildLokiServiceAccount(opts BuildOptions) client.Object {
+	meta := objectMeta(opts, LokiServiceAccountName(opts.ClusterName), ComponentLokiShared)
+	meta.Annotations = maps.Clone(opts.ServiceAccounts.Loki.Annotations)
+	return &corev1.ServiceAccount{
+		TypeMeta:                     metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"},
+		ObjectMeta:                   meta,
+		AutomountServiceAccountToken: ptr.To(false),
 	}
 }
