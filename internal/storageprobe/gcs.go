@@ -56,6 +56,10 @@ func probeGCS(ctx context.Context, spec v1alpha1.GCSStorage, secretName string, 
 				"%s: Google refuses the service account key in %s (HTTP %d from the token endpoint); put a current JSON key of the service account in the Secret",
 				secret, GCSCredentialsKey, tokenErr.Response.StatusCode)}
 		}
+		if strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+			return &Problem{Reason: ReasonMisconfigured, Message: fmt.Sprintf(
+				"spec.storage.gcs.insecure: the endpoint %s speaks plain HTTP, but insecure is false; recreate the MetricsCluster with insecure: true, or serve it over HTTPS", endpoint)}
+		}
 		return &Problem{Reason: ReasonUnreachable, Message: fmt.Sprintf(
 			"%s: cannot reach %s (%s); check the address and that it is reachable from the controller", endpointField, endpoint, networkCause(err))}
 	}
