@@ -63,8 +63,35 @@ func onLoopback(t *testing.T, args []string) []string {
 	return local
 }
 
+// previousCortexBinary is bin/cortex-PreviousCortexVersion, which `make test-tools` builds for the upgrade
+// tests; "" when it is not there.
+func previousCortexBinary(t *testing.T) string {
+	t.Helper()
+	binary, err := filepath.Abs(filepath.Join("..", "..", "bin", "cortex-"+PreviousCortexVersion))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(binary); err != nil {
+		return ""
+	}
+	return binary
+}
+
+// The configuration must also work for PreviousCortexVersion: an upgrade starts from pods running it with
+// the configuration this controller renders.
 func TestCortexAcceptsEveryRenderedConfig(t *testing.T) {
-	binary := cortexBinary(t)
+	binaries := map[string]string{DefaultCortexVersion: cortexBinary(t), PreviousCortexVersion: previousCortexBinary(t)}
+	for _, version := range []string{DefaultCortexVersion, PreviousCortexVersion} {
+		t.Run(version, func(t *testing.T) {
+			if binaries[version] == "" {
+				t.Skipf("bin/cortex-%s not found: `make test-tools` builds it for the upgrade tests", version)
+			}
+			cortexAcceptsEveryRenderedConfig(t, binaries[version])
+		})
+	}
+}
+
+func cortexAcceptsEveryRenderedConfig(t *testing.T, binary string) {
 	for _, tc := range configCases {
 		t.Run(tc.golden, func(t *testing.T) {
 			config, err := CortexConfig(tc.opts)
@@ -481,6 +508,99 @@ func post(client *http.Client, url, tenant string, body []byte) (int, string, er
 	defer resp.Body.Close()
 	answer, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(answer), err
+}
+
+// Topology microservices with the component certificate, as two real processes on 127.0.0.1: the distributor
+// finds the ingester in the ring only through memberlist gossip over TLS, and pushes to it (and reads its
+// user stats) over mutual-TLS gRPC. The configuration is the rendered one, with the two DNS names a cluster
+// would resolve replaced by loopback addresses; the bucket is never reached (nothing is old enough to ship).
+func TestMicroservicesGossipAndPushOverTLS(t *testing.T) {
+	binary := cortexBinary(t)
+	dir := t.TempDir()
+	ports := freePorts(t, 7)
+	storage := v1alpha1.StorageSpec{Type: v1alpha1.StorageS3, S3: &v1alpha1.S3Storage{
+		Bucket: "metrics", Endpoint: fmt.Sprintf("127.0.0.1:%d", ports[6]), Insecure: true,
+	}}
+	opts := productionOptions(v1alpha1.TopologyMicroservices, v1alpha1.SizeDemo, storage)
+	opts.DataDir = filepath.Join(dir, "data")
+	opts.ConfigFile = filepath.Join(dir, "cortex.yaml")
+	opts.RuntimeConfigFile = filepath.Join(dir, "overrides.yaml")
+	opts.TLS, _ = componentTLS(t, dir, opts)
+	config, err := CortexConfig(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type process struct {
+		target                  string
+		http, grpc, gossip, dir string
+	}
+	ingester := process{ComponentIngester, fmt.Sprint(ports[0]), fmt.Sprint(ports[1]), fmt.Sprint(ports[2]), filepath.Join(dir, "ingester")}
+	distributor := process{ComponentDistributor, fmt.Sprint(ports[3]), fmt.Sprint(ports[4]), fmt.Sprint(ports[5]), filepath.Join(dir, "distributor")}
+	join := "dns+" + ServiceAddress(GossipRingServiceName(opts.ClusterName), opts.Namespace, opts.GossipPort)
+	if !bytes.Contains(config, []byte(join)) {
+		t.Fatalf("the rendered configuration does not join %s", join)
+	}
+	config = bytes.ReplaceAll(config, []byte(join), []byte("127.0.0.1:"+ingester.gossip))
+	overrides, err := RuntimeOverrides(opts.DefaultTenantLimits, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for file, content := range map[string][]byte{opts.ConfigFile: config, opts.RuntimeConfigFile: overrides} {
+		if err := os.WriteFile(file, content, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	var running []*cortexProcess
+	for _, proc := range []process{ingester, distributor} {
+		if err := os.MkdirAll(proc.dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		args := append(onLoopback(t, CortexArgs(opts, proc.target)),
+			"-server.http-listen-port="+proc.http, "-server.grpc-listen-port="+proc.grpc,
+			"-memberlist.bind-port="+proc.gossip,
+			// Each process its own data: two processes of one pod template never share a volume.
+			"-blocks-storage.tsdb.dir="+filepath.Join(proc.dir, "tsdb"),
+			"-ingester.tokens-file-path="+filepath.Join(proc.dir, "tokens"),
+		)
+		running = append(running, startCortex(t, binary, proc.dir, args))
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	push := remotewrite.Encode([]remotewrite.Series{{
+		Labels:  map[string]string{"__name__": "opstrace_gossip_canary"},
+		Samples: []remotewrite.Sample{{Value: 1, TimestampMsec: time.Now().UnixMilli()}},
+	}})
+
+	// The ingester joins the ring after its observe period; the distributor sees it only through gossip. A
+	// push succeeds once both hold: until then it answers 5xx ("empty ring", "too many unhealthy instances").
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		status, answer, err := post(client, "http://127.0.0.1:"+distributor.http+"/api/v1/push", "team-a", push)
+		if err == nil && status == http.StatusOK {
+			break
+		}
+		for _, p := range running {
+			select {
+			case <-p.exited:
+				p.fatal(t, "a Cortex process exited: %v", p.waitErr)
+			default:
+			}
+		}
+		if time.Now().After(deadline) {
+			running[1].fatal(t, "no push accepted within 90s; last: %d %q %v\n--- ingester ---\n%s", status, answer, err, running[0].logTail(30))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	// The distributor asks the ingester for the tenant's series over gRPC.
+	status, answer, err := get(client, "http://127.0.0.1:"+distributor.http+"/distributor/all_user_stats", "")
+	if err != nil || status != http.StatusOK || !strings.Contains(answer, "team-a") {
+		running[1].fatal(t, "user stats from the ingester: %d %q %v, want team-a", status, answer, err)
+	}
+	for _, p := range running {
+		if log := p.logTail(1000); strings.Contains(log, "tls: ") || strings.Contains(log, "certificate") {
+			t.Errorf("a TLS error in the log of %s:\n%s", p.cmd.Args[2], log)
+		}
+	}
 }
 
 // get returns the status and body of a GET, as tenant when tenant is set.
