@@ -83,6 +83,11 @@ func upgradeLocal(ctx context.Context, name string, out io.Writer) error {
 	}); err != nil {
 		return err
 	}
+	// The controller renews the gateway's CA (at 80% of its lifetime) and a recreated cluster has a new one:
+	// trust the one it serves now.
+	if err := c.writeCA(ctx, kube); err != nil {
+		return err
+	}
 	return verifyLocal(ctx, name, v1alpha1.SystemTenant, out)
 }
 

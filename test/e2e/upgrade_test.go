@@ -46,15 +46,12 @@ import (
 	"github.com/opstrace/opstrace/internal/upgrade"
 )
 
-// TestUpgradeMicroservicesUnderLoad is the no-loss proof of an in-place upgrade, on the local cluster (its
-// cluster DNS gives the pods the memberlist ring): the microservices topology, size small (three ingesters,
-// replication factor 3), blocks in a real MinIO running as a pod, starts at manifests.PreviousCortexVersion.
-// While a client writes a bounded, continuous remote-write load through the gateway on 127.0.0.1 (retrying
-// failed requests, as Prometheus does, and counting them), spec.version moves to DefaultCortexVersion; in the
-// middle of the ingester phase the controller is killed (SIGKILL); the rollout must resume and finish,
-// having replaced every pod of every Cortex component in the planner's order. Then the gateway is restarted.
-// Every sample acknowledged must read back. It prints the figures.
-func TestUpgradeMicroservicesUnderLoad(t *testing.T) {
+// TestUpgrade upgrades Cortex in place from manifests.PreviousCortexVersion to DefaultCortexVersion on one
+// local cluster, in both topologies, and reads back every sample written.
+//
+// The host's gateway port leads to MetricsCluster NAME of namespace opstrace, which create local makes with
+// topology single and filesystem storage, both immutable: each subtest replaces it with the cluster it needs.
+func TestUpgrade(t *testing.T) {
 	if _, err := exec.LookPath("bwrap"); err != nil {
 		t.Skip("bwrap not installed: apt-get install bubblewrap")
 	}
@@ -69,18 +66,31 @@ func TestUpgradeMicroservicesUnderLoad(t *testing.T) {
 	}
 	c, took := createLocalCluster(t, "upgrade")
 	t.Logf("create local → ready: %s", took.Round(time.Second))
-	kube := c.clientset(t)
-	crc := c.controllerClient(t)
-	ctx := context.Background()
-	ns := "opstrace" // the namespace `create local` uses; the host's gateway port leads to its cluster NAME
+	u := &upgradeCluster{c: c, kube: c.clientset(t), crc: c.controllerClient(t), ns: "opstrace", from: from, to: to}
+	t.Run("single topology keeps every sample", u.testSingle)
+	t.Run("microservices under load, controller killed", u.testMicroservices)
+}
 
-	// The host's gateway port leads to MetricsCluster NAME, which create local makes with topology single
-	// and filesystem storage, both immutable: replace it.
-	if out, err := c.kubectl("", "delete", "metricscluster", c.name, "-n", ns); err != nil {
-		t.Fatalf("delete the single-topology cluster: %v\n%s", err, out)
+type upgradeCluster struct {
+	c        *localCluster
+	kube     *kubernetes.Clientset
+	crc      client.Client
+	ns       string
+	from, to string
+}
+
+// replace deletes MetricsCluster NAME and what it leaves behind (pods, volume claims, the gateway's
+// certificate), creates it anew with spec, and waits until it runs version from everywhere. It returns the
+// gateway's tenant token for tenant default.
+func (u *upgradeCluster) replace(t *testing.T, spec v1alpha1.MetricsClusterSpec) string {
+	t.Helper()
+	ctx := context.Background()
+	c, kube, ns := u.c, u.kube, u.ns
+	if out, err := c.kubectl("", "delete", "metricscluster", c.name, "-n", ns, "--ignore-not-found"); err != nil {
+		t.Fatalf("delete MetricsCluster %s: %v\n%s", c.name, err, out)
 	}
-	eventually(t, 3*time.Minute, "the garbage collector and the node agent removing the single-topology cluster", func() error {
-		instance := manifests.LabelInstance + "=" + c.name
+	instance := manifests.LabelInstance + "=" + c.name
+	eventually(t, 3*time.Minute, "the garbage collector and the node agent removing the previous cluster", func() error {
 		pods, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: instance})
 		if err != nil {
 			return err
@@ -95,34 +105,79 @@ func TestUpgradeMicroservicesUnderLoad(t *testing.T) {
 		}
 		return nil
 	})
+	// Volumes outlive their StatefulSets; a new cluster must not start on the data of another version.
+	if out, err := c.kubectl("", "delete", "pvc", "-n", ns, "-l", instance, "--wait=true"); err != nil {
+		t.Fatalf("delete the previous cluster's volume claims: %v\n%s", err, out)
+	}
+	created := time.Now()
+	spec.Version = u.from
+	spec.Gateway = v1alpha1.GatewaySpec{Hostname: "localhost"}
+	// Metrics only: Loki would double the pods on the one node, and its rollout is not under test.
+	spec.Logs = v1alpha1.LogsSpec{Enabled: ptr(false)}
+	if err := u.crc.Create(ctx, &v1alpha1.MetricsCluster{ObjectMeta: metav1.ObjectMeta{Name: c.name, Namespace: ns}, Spec: spec}); err != nil {
+		t.Fatalf("create MetricsCluster %s: %v", c.name, err)
+	}
+	if spec.Topology == v1alpha1.TopologyMicroservices {
+		publishNotReadyQueryFrontends(t, kube, ns, c.name)
+	}
+	waitRolledOut(t, u.crc, c.name, ns, u.from, 8*time.Minute)
+	t.Logf("topology %s, size %s, Cortex %s: ready after %s", spec.Topology, spec.Size, u.from, time.Since(created).Round(time.Second))
+	c.trustGatewayCA(t, kube, ns)
+	return c.waitToken(t, kube, ns, "default")
+}
+
+// testSingle: `opstrace upgrade local` after the engine version moved keeps every sample written before
+// (the WAL and blocks on the single process's volume), and the writes during the restart are retried.
+func (u *upgradeCluster) testSingle(t *testing.T) {
+	c := u.c
+	token := u.replace(t, v1alpha1.MetricsClusterSpec{Topology: v1alpha1.TopologySingle, Size: v1alpha1.SizeDemo,
+		Storage: v1alpha1.StorageSpec{Type: v1alpha1.StorageFilesystem}})
+	load := startLoad(c, token, 10, 250*time.Millisecond)
+	t.Cleanup(load.stop)
+	load.waitAcknowledged(t, 20)
+	start := time.Now()
+	patchSpec(t, u.crc, c.name, u.ns, func(s *v1alpha1.MetricsClusterSpec) { s.Version = u.to })
+	out, err := c.opstrace("upgrade", "local", c.name)
+	if err != nil || !strings.Contains(out, "verified local cluster") {
+		t.Fatalf("opstrace upgrade local: %v\n%s", err, out)
+	}
+	waitRolledOut(t, u.crc, c.name, u.ns, u.to, time.Minute)
+	took := time.Since(start)
+	load.waitAcknowledged(t, load.batches()+8) // writes go on after the restart
+	load.stop()
+	if load.err != nil {
+		t.Fatalf("load: %v", load.err)
+	}
+	written, missing, read := load.readBack(t)
+	t.Logf("single topology %s → %s with opstrace upgrade local: %s; samples written (acknowledged) %d, read back %d, lost %d; "+
+		"requests %d, failed attempts %d (each retried until acknowledged): %s",
+		u.from, u.to, took.Round(time.Second), written, read, missing, load.requests, load.failedAttempts, load.failureSummary())
+	if written == 0 || missing != 0 {
+		t.Fatalf("%d of %d acknowledged samples are not readable after the upgrade", missing, written)
+	}
+}
+
+// testMicroservices is the no-loss proof under load: the microservices topology, size small (three
+// ingesters, replication factor 3), blocks in a real MinIO running as a pod. While a client writes a bounded,
+// continuous remote-write load through the gateway on 127.0.0.1 (retrying failed requests, as Prometheus
+// does, and counting them), spec.version moves on; in the middle of the ingester phase the controller is
+// killed (SIGKILL). The rollout must resume and finish, having replaced every pod of every Cortex component
+// in the planner's order with at most one ingester unavailable; then the gateway is restarted. Every sample
+// acknowledged must read back.
+func (u *upgradeCluster) testMicroservices(t *testing.T) {
+	c, kube, crc, ns, from, to := u.c, u.kube, u.crc, u.ns, u.from, u.to
 	const bucket = "cortex-blocks"
 	accessKey, secretKey := "opstrace", randomHex(16)
 	deployMinIO(t, kube, ns, bucket, accessKey, secretKey)
 
-	created := time.Now()
-	cluster := &v1alpha1.MetricsCluster{
-		ObjectMeta: metav1.ObjectMeta{Name: c.name, Namespace: ns},
-		Spec: v1alpha1.MetricsClusterSpec{
-			Version:  from,
-			Topology: v1alpha1.TopologyMicroservices,
-			Size:     v1alpha1.SizeSmall,
-			Storage: v1alpha1.StorageSpec{Type: v1alpha1.StorageS3, S3: &v1alpha1.S3Storage{
-				Bucket: bucket, Endpoint: "minio." + ns + ".svc:9000", Insecure: true,
-				CredentialsSecret: &v1alpha1.SecretReference{Name: "minio-credentials"},
-			}},
-			Gateway: v1alpha1.GatewaySpec{Hostname: "localhost"},
-			// Metrics only: Loki would double the pods on the one node, and its rollout is not under test.
-			Logs: v1alpha1.LogsSpec{Enabled: ptr(false)},
-		},
-	}
-	if err := crc.Create(ctx, cluster); err != nil {
-		t.Fatalf("create the microservices cluster: %v", err)
-	}
-	publishNotReadyQueryFrontends(t, kube, ns, c.name)
-	waitRolledOut(t, crc, c.name, ns, from, 8*time.Minute)
-	t.Logf("microservices topology, size small, Cortex %s: ready after %s", from, time.Since(created).Round(time.Second))
-	c.trustGatewayCA(t, kube, ns)
-	token := c.waitToken(t, kube, ns, "default")
+	token := u.replace(t, v1alpha1.MetricsClusterSpec{
+		Topology: v1alpha1.TopologyMicroservices,
+		Size:     v1alpha1.SizeSmall,
+		Storage: v1alpha1.StorageSpec{Type: v1alpha1.StorageS3, S3: &v1alpha1.S3Storage{
+			Bucket: bucket, Endpoint: "minio." + ns + ".svc:9000", Insecure: true,
+			CredentialsSecret: &v1alpha1.SecretReference{Name: "minio-credentials"},
+		}},
+	})
 
 	recorder := recordRollout(t, kube, ns, c.name)
 	load := startLoad(c, token, 10, 250*time.Millisecond)
@@ -686,6 +741,13 @@ func (l *load) waitAcknowledged(t *testing.T, n int) {
 		}
 		return nil
 	})
+}
+
+// batches is how many batches were acknowledged so far.
+func (l *load) batches() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.written[0])
 }
 
 func (l *load) stop() {
