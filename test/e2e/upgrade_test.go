@@ -198,6 +198,14 @@ func (u *upgradeCluster) testMicroservices(t *testing.T) {
 		kill.at.Sub(upgradeStart).Round(time.Second), resumed.Round(100*time.Millisecond),
 		recorder.firstDeletionAfter(kill.at).Sub(kill.at).Round(100*time.Millisecond))
 	recorder.check(t, "upgrade", upgradeStart, time.Now())
+	if old := recorder.survivors(); len(old) > 0 {
+		t.Errorf("pods from before the upgrade still run: %v", old)
+	}
+	for _, p := range listPods(t, kube, ns, manifests.LabelName+"="+manifests.AppCortex) {
+		if image := p.Spec.Containers[0].Image; image != manifests.CortexImage(to) {
+			t.Errorf("after the upgrade pod %s runs %s", p.Name, image)
+		}
+	}
 
 	// The version change replaced every pod of every Cortex component (recorder.check); the gateway, which
 	// is no part of the plan, restarts by its own Deployment.
@@ -507,6 +515,7 @@ func (k controllerKill) newLeader(t *testing.T) time.Duration {
 // ingesters were unavailable (not Ready, terminating or missing) at once.
 type rolloutRecorder struct {
 	mu       sync.Mutex
+	initial  map[string]string // uid → name of the pods when recording began
 	pods     map[string]*corev1.Pod
 	replicas int
 	events   []podDeletion
@@ -532,10 +541,11 @@ func recordRollout(t *testing.T, kube *kubernetes.Clientset, ns, cluster string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &rolloutRecorder{pods: map[string]*corev1.Pod{},
+	r := &rolloutRecorder{pods: map[string]*corev1.Pod{}, initial: map[string]string{},
 		replicas: int(manifests.Presets[v1alpha1.SizeSmall][manifests.ComponentIngester].Replicas)}
 	for i := range list.Items {
 		r.pods[list.Items[i].Name] = &list.Items[i]
+		r.initial[string(list.Items[i].UID)] = list.Items[i].Name
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -587,6 +597,20 @@ func (r *rolloutRecorder) observe(kind watch.EventType, p *corev1.Pod) {
 	if len(down) > 0 {
 		r.worst = append(r.worst, unavailableAt{at: time.Now(), pods: down})
 	}
+}
+
+// survivors are the pods running now that already ran when recording began.
+func (r *rolloutRecorder) survivors() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, p := range r.pods {
+		if _, ok := r.initial[string(p.UID)]; ok {
+			out = append(out, p.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // firstDeletionAfter is when the first pod began to terminate after t; t when none did.
