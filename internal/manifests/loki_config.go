@@ -51,12 +51,13 @@ var (
 )
 
 type lokiDirs struct {
-	WAL          string
-	ActiveIndex  string
-	IndexCache   string
-	Compactor    string
-	RulerScratch string
-	RulerStorage string
+	WAL            string
+	ShutdownMarker string
+	ActiveIndex    string
+	IndexCache     string
+	Compactor      string
+	RulerScratch   string
+	RulerStorage   string
 }
 
 type lokiS3Data struct {
@@ -114,12 +115,13 @@ func LokiConfig(opts LokiOptions) ([]byte, error) {
 		ReplicationFactor: opts.ReplicationFactor,
 		Backend:           string(opts.Storage.Type),
 		Dirs: lokiDirs{
-			WAL:          path.Join(opts.DataDir, "wal"),
-			ActiveIndex:  path.Join(opts.DataDir, "tsdb-index"),
-			IndexCache:   path.Join(opts.DataDir, "tsdb-cache"),
-			Compactor:    path.Join(opts.DataDir, "compactor"),
-			RulerScratch: path.Join(opts.DataDir, "ruler"),
-			RulerStorage: path.Join(opts.DataDir, "rules"),
+			WAL:            path.Join(opts.DataDir, "wal"),
+			ShutdownMarker: path.Join(opts.DataDir, "shutdown-marker"),
+			ActiveIndex:    path.Join(opts.DataDir, "tsdb-index"),
+			IndexCache:     path.Join(opts.DataDir, "tsdb-cache"),
+			Compactor:      path.Join(opts.DataDir, "compactor"),
+			RulerScratch:   path.Join(opts.DataDir, "ruler"),
+			RulerStorage:   path.Join(opts.DataDir, "rules"),
 		},
 		RuntimeConfigFile:   opts.RuntimeConfigFile,
 		RuntimeConfigPeriod: RuntimeConfigPeriod,
