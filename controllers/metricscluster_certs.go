@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -63,14 +64,18 @@ func (r *MetricsClusterReconciler) reconcileCertificates(ctx context.Context, cl
 	}
 
 	now := r.now()
-	ca, err := r.ensureCA(ctx, cluster, now)
+	ca, trusted, err := r.ensureCA(ctx, cluster, now)
 	if err != nil {
 		return 0, manifests.ComponentTLS{}, err
 	}
-	recheck := certs.CALifetime
+	caCert, _, err := certs.ParseKeyPair(ca.CertPEM, ca.KeyPEM)
+	if err != nil {
+		return 0, manifests.ComponentTLS{}, fmt.Errorf("read back CA: %w", err)
+	}
+	recheck := max(certs.RenewAt(caCert).Sub(now), time.Minute)
 	var component manifests.ComponentTLS
 	for _, leaf := range leaves {
-		data, renewAt, err := r.ensureLeaf(ctx, cluster, ca, leaf, now)
+		data, renewAt, err := r.ensureLeaf(ctx, cluster, ca, trusted, leaf, now)
 		if err != nil {
 			return 0, manifests.ComponentTLS{}, err
 		}
@@ -97,29 +102,35 @@ func componentTLS(data map[string][]byte) manifests.ComponentTLS {
 	return tls
 }
 
-// ensureLeaf issues leaf from ca into its Secret when it is missing, unreadable, past 80% of its lifetime,
-// issued by another CA or for other names, and returns the Secret's data and when to renew it.
-func (r *MetricsClusterReconciler) ensureLeaf(ctx context.Context, cluster *v1alpha1.MetricsCluster, ca certs.KeyPair, leaf leafCertificate, now time.Time) (map[string][]byte, time.Time, error) {
+// ensureLeaf keeps leaf in its Secret with ca.crt = trusted. It issues the certificate from ca when it is
+// missing, unreadable, past 80% of its lifetime, issued for other names, or issued by a CA that trusted does
+// not hold. A leaf of the previous CA is kept until its own renewal: the pods that present it restart with
+// the new ca.crt first, so that no pod meets a peer whose CA it does not trust yet. It returns the Secret's
+// data and when to renew the certificate.
+func (r *MetricsClusterReconciler) ensureLeaf(ctx context.Context, cluster *v1alpha1.MetricsCluster, ca certs.KeyPair, trusted []byte, leaf leafCertificate, now time.Time) (map[string][]byte, time.Time, error) {
 	var existing corev1.Secret
 	key := client.ObjectKey{Namespace: cluster.Namespace, Name: leaf.secretName}
 	if err := r.Client.Get(ctx, key, &existing); err != nil && !apierrors.IsNotFound(err) {
 		return nil, time.Time{}, fmt.Errorf("get certificate %s: %w", leaf.secretName, err)
 	}
 	data := existing.Data
-	reissue, _ := certs.NeedsReissue(data[corev1.TLSCertKey], ca, leaf.dnsNames, nil, now)
+	reissue, reason := certs.NeedsReissue(data[corev1.TLSCertKey], ca, leaf.dnsNames, nil, now)
+	if reissue && reason == certs.ReasonOtherCA && certs.IssuedByOneOf(data[corev1.TLSCertKey], trusted) {
+		reissue = false
+	}
 	if _, _, err := certs.ParseKeyPair(data[corev1.TLSCertKey], data[corev1.TLSPrivateKeyKey]); err != nil {
 		reissue = true
 	}
-	if reissue {
-		issued, err := certs.IssueServing(ca, leaf.dnsNames, nil, now, certs.LeafLifetime)
-		if err != nil {
-			return nil, time.Time{}, fmt.Errorf("issue certificate %s: %w", leaf.secretName, err)
+	if reissue || !bytes.Equal(data[manifests.TLSCAKey], trusted) {
+		certPEM, keyPEM := data[corev1.TLSCertKey], data[corev1.TLSPrivateKeyKey]
+		if reissue {
+			issued, err := certs.IssueServing(ca, leaf.dnsNames, nil, now, certs.LeafLifetime)
+			if err != nil {
+				return nil, time.Time{}, fmt.Errorf("issue certificate %s: %w", leaf.secretName, err)
+			}
+			certPEM, keyPEM = issued.CertPEM, issued.KeyPEM
 		}
-		data = map[string][]byte{
-			corev1.TLSCertKey:       issued.CertPEM,
-			corev1.TLSPrivateKeyKey: issued.KeyPEM,
-			manifests.TLSCAKey:      certs.Bundle(ca.CertPEM),
-		}
+		data = map[string][]byte{corev1.TLSCertKey: certPEM, corev1.TLSPrivateKeyKey: keyPEM, manifests.TLSCAKey: trusted}
 		secret := &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: key.Name, Namespace: key.Namespace},
 			Type:       corev1.SecretTypeTLS,
@@ -136,33 +147,41 @@ func (r *MetricsClusterReconciler) ensureLeaf(ctx context.Context, cluster *v1al
 	return data, certs.RenewAt(cert), nil
 }
 
-// ensureCA creates the cluster's CA once and renews it at 80% of its lifetime.
-func (r *MetricsClusterReconciler) ensureCA(ctx context.Context, cluster *v1alpha1.MetricsCluster, now time.Time) (certs.KeyPair, error) {
+// ensureCA creates the cluster's CA once and renews it at 80% of its lifetime. It returns the CA that signs
+// and what clients must trust: the Secret's ca.crt, which on renewal becomes the new CA and the one it
+// replaced (certs package documentation), less any certificate that has expired.
+func (r *MetricsClusterReconciler) ensureCA(ctx context.Context, cluster *v1alpha1.MetricsCluster, now time.Time) (certs.KeyPair, []byte, error) {
 	var secret corev1.Secret
 	key := client.ObjectKey{Namespace: cluster.Namespace, Name: manifests.CASecretName(cluster.Name)}
 	if err := r.Client.Get(ctx, key, &secret); err != nil && !apierrors.IsNotFound(err) {
-		return certs.KeyPair{}, fmt.Errorf("get CA: %w", err)
+		return certs.KeyPair{}, nil, fmt.Errorf("get CA: %w", err)
 	}
 	ca := certs.KeyPair{CertPEM: secret.Data[corev1.TLSCertKey], KeyPEM: secret.Data[corev1.TLSPrivateKeyKey]}
+	bundle := secret.Data[manifests.TLSCAKey]
 	renew, _ := certs.NeedsRenewal(ca.CertPEM, now)
 	if _, _, err := certs.ParseKeyPair(ca.CertPEM, ca.KeyPEM); err != nil {
 		renew = true
 	}
 	if !renew {
-		return ca, nil
+		if len(bundle) == 0 { // written before ca.crt was kept
+			bundle = ca.CertPEM
+		}
+		return ca, certs.Trusted(bundle, now), nil
 	}
+	previous := certs.Trusted(ca.CertPEM, now) // nil when missing, unreadable or expired
 	ca, err := certs.NewCA(fmt.Sprintf("opstrace %s/%s CA", cluster.Namespace, cluster.Name), now, certs.CALifetime)
 	if err != nil {
-		return certs.KeyPair{}, err
+		return certs.KeyPair{}, nil, err
 	}
+	bundle = certs.Bundle(ca.CertPEM, previous)
 	fresh := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: key.Name, Namespace: key.Namespace},
 		Type:       corev1.SecretTypeTLS,
-		Data:       map[string][]byte{corev1.TLSCertKey: ca.CertPEM, corev1.TLSPrivateKeyKey: ca.KeyPEM},
+		Data:       map[string][]byte{corev1.TLSCertKey: ca.CertPEM, corev1.TLSPrivateKeyKey: ca.KeyPEM, manifests.TLSCAKey: bundle},
 	}
 	applier := apply.Applier{Client: r.Client, Scheme: r.Scheme}
 	if _, err := applier.Apply(ctx, cluster, fresh); err != nil {
-		return certs.KeyPair{}, err
+		return certs.KeyPair{}, nil, err
 	}
-	return ca, nil
+	return ca, bundle, nil
 }

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"crypto/x509"
+	"encoding/pem"
 	"slices"
 	"testing"
 	"time"
@@ -182,4 +183,79 @@ func TestIssuerRefMakesACertManagerCertificateForTheComponents(t *testing.T) {
 	if got := hash(); got == "" || got != componentTLS(data).Hash {
 		t.Fatalf("after cert-manager wrote the Secret the pods' certificate hash is %q, want %q", got, componentTLS(data).Hash)
 	}
+}
+
+// A CA renewal never leaves a pod facing a peer whose CA it does not trust: the leaves keep their certificate
+// (from the previous CA) and get ca.crt = new CA + previous CA, so the pods restart trusting both; only at
+// their own renewal do the leaves come from the new CA; the previous CA leaves ca.crt once it has expired.
+func TestCARenewalKeepsLeavesTrustedAcrossTheSwitch(t *testing.T) {
+	h := newHarness(t)
+	h.create(singleCluster("metrics"))
+	h.reconcileCluster("metrics")
+	secretName := manifests.CortexTLSSecretName("metrics")
+	read := func(name string) (*x509.Certificate, []byte) {
+		var secret corev1.Secret
+		h.get(name, &secret)
+		cert, _, err := certs.ParseKeyPair(secret.Data[corev1.TLSCertKey], secret.Data[corev1.TLSPrivateKeyKey])
+		if err != nil {
+			t.Fatalf("Secret %s: %v", name, err)
+		}
+		return cert, secret.Data[manifests.TLSCAKey]
+	}
+	verifies := func(leaf *x509.Certificate, bundle []byte) bool {
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(bundle)
+		_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: h.now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		return err == nil
+	}
+	hash := func() string {
+		var sts appsv1.StatefulSet
+		h.get("metrics-all", &sts)
+		return sts.Spec.Template.Annotations[manifests.TLSHashAnnotation]
+	}
+
+	oldCA, _ := read(manifests.CASecretName("metrics"))
+	h.now = certs.RenewAt(oldCA).Add(-time.Hour)
+	h.reconcileCluster("metrics") // the leaves, long expired by now, are renewed by the old CA
+	leaf, _ := read(secretName)
+	hashBefore := hash()
+
+	h.now = certs.RenewAt(oldCA).Add(time.Minute)
+	h.reconcileCluster("metrics")
+	newCA, caBundle := read(manifests.CASecretName("metrics"))
+	if newCA.SerialNumber.Cmp(oldCA.SerialNumber) == 0 {
+		t.Fatal("the CA was not renewed past 80% of its lifetime")
+	}
+	kept, bundle := read(secretName)
+	if kept.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
+		t.Fatal("the component certificate was reissued at the CA's renewal: pods not yet restarted would not trust it")
+	}
+	if want := certs.Bundle(pemOf(newCA), pemOf(oldCA)); string(bundle) != string(want) || string(caBundle) != string(want) {
+		t.Fatalf("after the CA renewal ca.crt is not the new CA then the previous one:\nleaf Secret:\n%s\nCA Secret:\n%s", bundle, caBundle)
+	}
+	if !verifies(kept, bundle) {
+		t.Fatal("the kept leaf does not verify against the new ca.crt")
+	}
+	if hash() == hashBefore {
+		t.Fatal("the pods' certificate hash did not change with ca.crt: they would not learn the new CA")
+	}
+
+	h.now = certs.RenewAt(kept).Add(time.Minute)
+	h.reconcileCluster("metrics")
+	renewed, bundle := read(secretName)
+	onlyNew := pemOf(newCA)
+	if renewed.SerialNumber.Cmp(kept.SerialNumber) == 0 || !verifies(renewed, onlyNew) || !verifies(renewed, bundle) {
+		t.Fatal("at its renewal the component certificate was not issued by the new CA")
+	}
+
+	h.now = oldCA.NotAfter.Add(time.Minute)
+	h.reconcileCluster("metrics")
+	if _, bundle := read(secretName); string(bundle) != string(onlyNew) {
+		t.Fatalf("after the previous CA expired ca.crt still holds it:\n%s", bundle)
+	}
+}
+
+// pemOf is the PEM of a parsed certificate.
+func pemOf(cert *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
 }

@@ -20,10 +20,13 @@
 //
 // On each CA renewal the controller writes ca.crt = Bundle(new.CertPEM, old.CertPEM), where old.CertPEM is the
 // outgoing CA's tls.crt (not the previous bundle), so the bundle never holds more than two certificates and a
-// CA drops out one renewal after it was replaced. In-cluster components mount ca.crt and trust both CAs across
-// the switch; leaves are then reissued by the new CA (NeedsReissue reports "issued by another CA"). Clients
-// outside the cluster must be given the new ca.crt: one that copied only the old CA stops trusting the gateway
-// once its certificate comes from the new CA. Hand out ca.crt (the bundle), never the CA's tls.crt.
+// CA drops out one renewal after it was replaced; Trusted drops it earlier, once it has expired. In-cluster
+// components mount ca.crt and trust both CAs across the switch. A leaf of the previous CA is not reissued at
+// once (NeedsReissue reports "issued by another CA", IssuedByOneOf says it is still trusted): it is replaced
+// at its own renewal, by which time every pod has restarted with the bundle, so no pod ever meets a peer
+// whose CA it does not trust yet. Clients outside the cluster must be given the new ca.crt: one that copied
+// only the old CA stops trusting the gateway once its certificate comes from the new CA. Hand out ca.crt (the
+// bundle), never the CA's tls.crt.
 package certs
 
 import (

@@ -3,6 +3,7 @@ package certs
 import (
 	"bytes"
 	"crypto/x509"
+	"encoding/pem"
 	"net"
 	"sort"
 	"strings"
@@ -114,4 +115,51 @@ func diffNames(want, have map[string]bool) (added, removed []string) {
 	sort.Strings(added)
 	sort.Strings(removed)
 	return added, removed
+}
+
+// Trusted is what a client should trust at now out of a ca.crt bundle: its certificates that are valid at now,
+// in order, as a bundle. See the package documentation for how the bundle carries a renewed CA.
+func Trusted(bundlePEM []byte, now time.Time) []byte {
+	var valid [][]byte
+	for _, cert := range parseCertificates(bundlePEM) {
+		if !now.Before(cert.NotBefore) && !now.After(cert.NotAfter) {
+			valid = append(valid, pem.EncodeToMemory(&pem.Block{Type: pemCertificate, Bytes: cert.Raw}))
+		}
+	}
+	return Bundle(valid...)
+}
+
+// IssuedByOneOf reports whether the leaf certificate in certPEM was signed by one of the certificates of
+// bundlePEM: a leaf of the previous CA stays usable, without being reissued, for as long as its clients
+// trust that CA too.
+func IssuedByOneOf(certPEM, bundlePEM []byte) bool {
+	leaf, err := parseCertificate(certPEM)
+	if err != nil {
+		return false
+	}
+	for _, ca := range parseCertificates(bundlePEM) {
+		if bytes.Equal(leaf.RawIssuer, ca.RawSubject) && leaf.CheckSignatureFrom(ca) == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// parseCertificates parses every CERTIFICATE block of bundlePEM, skipping what does not parse.
+func parseCertificates(bundlePEM []byte) []*x509.Certificate {
+	var certs []*x509.Certificate
+	rest := bundlePEM
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			return certs
+		}
+		if block.Type != pemCertificate {
+			continue
+		}
+		if cert, err := x509.ParseCertificate(block.Bytes); err == nil {
+			certs = append(certs, cert)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"bytes"
 	"net"
 	"testing"
 	"time"
@@ -115,6 +116,44 @@ func TestReasonsAreStable(t *testing.T) {
 		}
 		if _, reason := NeedsRenewal(leaf, at.Add(LeafLifetime+time.Minute)); reason != ReasonExpired {
 			t.Errorf("reason = %q", reason)
+		}
+	}
+}
+
+func TestTrustedAndIssuedByOneOf(t *testing.T) {
+	old := mustCA(t, "old CA", now.Add(-CALifetime+24*time.Hour)) // expires in a day
+	current := mustCA(t, "current CA", now)
+	stranger := mustCA(t, "stranger CA", now)
+	bundle := Bundle(current.CertPEM, old.CertPEM)
+	names := []string{"metrics-all"}
+
+	if got := Trusted(bundle, now); !bytes.Equal(got, bundle) {
+		t.Errorf("Trusted dropped a valid CA:\n%s", got)
+	}
+	if got := Trusted(bundle, now.Add(48*time.Hour)); !bytes.Equal(got, Bundle(current.CertPEM)) {
+		t.Errorf("Trusted kept the expired CA:\n%s", got)
+	}
+	if got := Trusted([]byte("not PEM"), now); got != nil {
+		t.Errorf("Trusted of garbage = %q, want nil", got)
+	}
+
+	fromOld := mustLeaf(t, old, names, nil, now, LeafLifetime).CertPEM
+	fromCurrent := mustLeaf(t, current, names, nil, now, LeafLifetime).CertPEM
+	fromStranger := mustLeaf(t, stranger, names, nil, now, LeafLifetime).CertPEM
+	for _, tc := range []struct {
+		name   string
+		leaf   []byte
+		bundle []byte
+		want   bool
+	}{
+		{"previous CA in the bundle", fromOld, bundle, true},
+		{"current CA in the bundle", fromCurrent, bundle, true},
+		{"another CA", fromStranger, bundle, false},
+		{"previous CA dropped", fromOld, Bundle(current.CertPEM), false},
+		{"no leaf", nil, bundle, false},
+	} {
+		if got := IssuedByOneOf(tc.leaf, tc.bundle); got != tc.want {
+			t.Errorf("%s: IssuedByOneOf = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
