@@ -226,9 +226,8 @@ type renderedSingle struct {
 	base string
 }
 
-func startRenderedSingle(t *testing.T) *renderedSingle {
+func startRenderedSingle(t *testing.T, binary string) *renderedSingle {
 	t.Helper()
-	binary := cortexBinary(t)
 	dir := t.TempDir()
 	ports := freePorts(t, 3)
 	opts := productionOptions(v1alpha1.TopologySingle, v1alpha1.SizeDemo, filesystemStorage)
@@ -284,26 +283,11 @@ func startRenderedSingle(t *testing.T) *renderedSingle {
 	return &renderedSingle{cortexProcess: p, opts: opts, ca: ca, base: base}
 }
 
-// The single process with the component certificate: every gRPC hop inside it (distributor -> ingester,
-// querier worker -> query-frontend, querier -> ingester and store-gateway) is mutual TLS, since target all
-// dials its own gRPC port; a push and a query make those hops.
-func TestSingleProcessRunsOnTheRenderedConfig(t *testing.T) {
-	c := startRenderedSingle(t)
-	p, opts, base := c.cortexProcess, c.opts, c.base
+// pushAndQuery pushes a sample as team-a and reads it back; team-b does not see it.
+func (c *renderedSingle) pushAndQuery(t *testing.T) {
+	t.Helper()
+	p, base := c.cortexProcess, c.base
 	client := &http.Client{Timeout: 10 * time.Second}
-
-	// auth_enabled: a request without a tenant is refused; with one, a query makes the whole round trip
-	// query-frontend -> querier worker (over gRPC on the address CortexArgs gives it) -> querier.
-	query := base + "/prometheus/api/v1/query?query=vector(1)"
-	if status, body, err := get(client, query, ""); err != nil || status != http.StatusUnauthorized {
-		p.fatal(t, "query without X-Scope-OrgID: %d %q %v, want 401", status, body, err)
-	}
-	if status, body, err := get(client, query, "team-a"); err != nil || status != http.StatusOK ||
-		!strings.Contains(body, `"status":"success"`) {
-		p.fatal(t, "query as team-a: %d %q %v, want 200 and success", status, body, err)
-	}
-
-	// A pushed sample comes back from a query: distributor -> ingester and querier -> ingester over TLS.
 	now := time.Now()
 	push := remotewrite.Encode([]remotewrite.Series{{
 		Labels:  map[string]string{"__name__": "opstrace_tls_canary", "job": "test"},
@@ -321,6 +305,39 @@ func TestSingleProcessRunsOnTheRenderedConfig(t *testing.T) {
 		strings.Contains(answer, "opstrace_tls_canary") {
 		p.fatal(t, "another tenant sees team-a's sample: %d %q %v", status, answer, err)
 	}
+}
+
+// The configuration rendered for DefaultCortexVersion, with TLS, runs on PreviousCortexVersion too: the
+// upgrade starts from pods running it.
+func TestPreviousCortexRunsTheRenderedConfigWithTLS(t *testing.T) {
+	binary := previousCortexBinary(t)
+	if binary == "" {
+		t.Skipf("bin/cortex-%s not found: `make test-tools` builds it for the upgrade tests", PreviousCortexVersion)
+	}
+	startRenderedSingle(t, binary).pushAndQuery(t)
+}
+
+// The single process with the component certificate: every gRPC hop inside it (distributor -> ingester,
+// querier worker -> query-frontend, querier -> ingester and store-gateway) is mutual TLS, since target all
+// dials its own gRPC port; a push and a query make those hops.
+func TestSingleProcessRunsOnTheRenderedConfig(t *testing.T) {
+	c := startRenderedSingle(t, cortexBinary(t))
+	p, opts, base := c.cortexProcess, c.opts, c.base
+	client := &http.Client{Timeout: 10 * time.Second}
+
+	// auth_enabled: a request without a tenant is refused; with one, a query makes the whole round trip
+	// query-frontend -> querier worker (over gRPC on the address CortexArgs gives it) -> querier.
+	query := base + "/prometheus/api/v1/query?query=vector(1)"
+	if status, body, err := get(client, query, ""); err != nil || status != http.StatusUnauthorized {
+		p.fatal(t, "query without X-Scope-OrgID: %d %q %v, want 401", status, body, err)
+	}
+	if status, body, err := get(client, query, "team-a"); err != nil || status != http.StatusOK ||
+		!strings.Contains(body, `"status":"success"`) {
+		p.fatal(t, "query as team-a: %d %q %v, want 200 and success", status, body, err)
+	}
+
+	// A pushed sample comes back from a query: distributor -> ingester and querier -> ingester over TLS.
+	c.pushAndQuery(t)
 
 	// The runtime overrides were loaded, with the tenant's values.
 	status, body, err := get(client, base+"/runtime_config", "")
@@ -383,7 +400,7 @@ func TestSingleProcessRunsOnTheRenderedConfig(t *testing.T) {
 // check every Cortex serves) over HTTP/2 and TLS succeeds with the component certificate and is refused
 // without one, with one from another CA, and in plain text.
 func TestCortexGRPCRequiresAClientCertificate(t *testing.T) {
-	c := startRenderedSingle(t)
+	c := startRenderedSingle(t, cortexBinary(t))
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(c.ca.CertPEM) {
 		t.Fatal("CA PEM not parsed")
