@@ -328,7 +328,7 @@ func TestLogsTailIsAWebsocketThatOutlivesTheUpstreamTimeout(t *testing.T) {
 			if !open {
 				t.Fatalf("the tail closed before any line arrived\n%s", s.loki.LogTail(20))
 			}
-			if got != "team-a:a line 0" && !strings.HasPrefix(got, "team-a:a line ") {
+			if !strings.HasPrefix(got, "team-a:a line ") {
 				t.Fatalf("team-a's tail received %q, want one of team-a's lines", got)
 			}
 			// Whatever else arrives in the next second must be team-a's too.

@@ -58,7 +58,7 @@ func (l *Loki) LogTail(n int) string { return lastLines(l.log.String(), n) }
 
 // MinimalLokiConfig is a multi-tenant single-process Loki keeping everything under the process's directory:
 // filesystem chunks, TSDB index schema v13, an in-memory ring (no gossip), no usage reporting, and readiness
-// as soon as the ingester is active. For tests of Loki's clients; the controller's own configuration is
+// within about a second. For tests of Loki's clients; the controller's own configuration is
 // rendered by internal/manifests.
 func MinimalLokiConfig(p LokiProcess) string {
 	return fmt.Sprintf(`auth_enabled: true
@@ -83,6 +83,11 @@ ingester:
   lifecycler:
     min_ready_duration: 0s
     final_sleep: 0s
+# Ready is when the query-frontend has found the scheduler in its ring: look every second, not every 10.
+frontend:
+  scheduler_dns_lookup_period: 1s
+frontend_worker:
+  dns_lookup_duration: 1s
 schema_config:
   configs:
   - from: "2024-01-01"
