@@ -188,7 +188,11 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, hint string) 
 func (h *Handler) proxy(upstream *Upstream, prefix string, timeout time.Duration) http.Handler {
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.ResponseHeaderTimeout = h.cfg.UpstreamTimeout
+	// Keep a connection per concurrent request to every backend: Prometheus sends with up to 50 shards (its
+	// default max_shards), each one request at a time. The default total of 100 idle connections would close
+	// and reopen connections as soon as several backends share that load.
 	transport.MaxIdleConnsPerHost = 256
+	transport.MaxIdleConns = 0
 	if h.cfg.DialContext != nil {
 		transport.DialContext = h.cfg.DialContext
 	}
