@@ -33,6 +33,7 @@ import (
 	"cloud.google.com/go/iam/apiv1/iampb"
 	"cloud.google.com/go/storage"
 	gax "github.com/googleapis/gax-go/v2"
+	"golang.org/x/oauth2/google"
 	"google.golang.org/api/iterator"
 
 	"github.com/opstrace/opstrace/internal/installer/cloud"
@@ -108,6 +109,9 @@ type Clients struct {
 	// PollInterval is how often a step polls a GKE cluster or node pool that is becoming ready or going
 	// away; 15 seconds when zero.
 	PollInterval time.Duration
+	// Token returns an OAuth2 access token of the credentials (cloud-platform scope): what the installer
+	// authenticates to the GKE API server with, as a bearer token, so it needs no gcloud or auth plugin.
+	Token func(ctx context.Context) (string, error)
 	// Close releases the real clients' connections; nil for fakes.
 	Close func() error
 }
@@ -160,8 +164,19 @@ func NewClients(ctx context.Context, project, region string) (*Clients, error) {
 		return fail(err)
 	}
 	closers = append(closers, iamc.Close)
+	tokens, err := google.DefaultTokenSource(ctx, cloudPlatformScope)
+	if err != nil {
+		return fail(err)
+	}
 	return &Clients{
 		Project: project, Region: region,
+		Token: func(context.Context) (string, error) {
+			t, err := tokens.Token() // cached until shortly before it expires
+			if err != nil {
+				return "", fmt.Errorf("%s: %w", hint, err)
+			}
+			return t.AccessToken, nil
+		},
 		Storage: realStorage{st},
 		Compute: realCompute{networks: networks, subnets: subnets, routers: routers},
 		GKE:     gke,
@@ -175,6 +190,8 @@ func NewClients(ctx context.Context, project, region string) (*Clients, error) {
 		},
 	}, nil
 }
+
+const cloudPlatformScope = "https://www.googleapis.com/auth/cloud-platform"
 
 // realStorage is StorageAPI over the GCS client.
 type realStorage struct{ c *storage.Client }
