@@ -20,6 +20,7 @@ func NewRootCommand() *cobra.Command {
 	root.AddCommand(newVersionCommand(), newCreateCommand(), newDestroyCommand(), newStatusCommand(),
 		newListCommand(), newTenantCommand(), newUpgradeCommand(), newVerifyCommand(), newLocalCommand())
 	addCloudCommands(root)
+	addGCPCommands(root)
 	return root
 }
 
