@@ -106,51 +106,8 @@ func TestLokiRunsOnTheRenderedConfig(t *testing.T) {
 	}
 	writeOverrides(1024)
 
-	logFile := filepath.Join(dir, "loki.log")
-	log, err := os.Create(logFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer log.Close()
-	cmd := exec.Command(binary, LokiArgs(opts, LokiComponentAll)...)
-	cmd.Dir = dir // any path the configuration forgot lands in the temporary directory
-	cmd.Env = append(os.Environ(), PodIPEnv+"=127.0.0.1")
-	cmd.Stdout, cmd.Stderr = log, log
-	started := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-	fatal := func(format string, args ...any) {
-		t.Helper()
-		data, _ := os.ReadFile(logFile)
-		lines := strings.Split(string(data), "\n")
-		t.Fatalf(format+"\n--- last 40 lines of Loki's log ---\n%s", append(args, strings.Join(lines[max(0, len(lines)-40):], "\n"))...)
-	}
-
-	base := fmt.Sprintf("http://127.0.0.1:%d", opts.HTTPPort)
+	base, fatal := startLoki(t, binary, opts, nil)
 	client := &http.Client{Timeout: 10 * time.Second}
-	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
-		select {
-		case err := <-exited:
-			exited <- err
-			fatal("Loki exited before it was ready: %v", err)
-		default:
-		}
-		if code, _ := lokiRequest(client, "GET", base+"/ready", "", nil); code == http.StatusOK {
-			break
-		}
-		if time.Now().After(deadline) {
-			fatal("Loki did not become ready within 3 minutes")
-		}
-	}
-	t.Logf("Loki %s ready on the rendered config after %s, RSS %s", DefaultLokiVersion,
-		time.Since(started).Round(time.Millisecond), processRSS(cmd.Process.Pid))
 
 	// Multi-tenant: a request without a tenant is refused.
 	if code, body := lokiRequest(client, "GET", base+"/loki/api/v1/labels", "", nil); code != http.StatusUnauthorized {
@@ -248,6 +205,59 @@ func TestLokiRunsOnTheRenderedConfig(t *testing.T) {
 	if !strings.Contains(metrics, `reason="rate_limited"`) {
 		t.Error(`loki_discarded_samples_total has no reason="rate_limited" after a refused push: LokiTenantRateLimited would never fire`)
 	}
+}
+
+// startLoki runs Loki as a pod would (LokiArgs, POD_IP=127.0.0.1, env added) on a configuration already
+// written to opts.ConfigFile, waits until /ready answers, and stops it when the test ends. fatal fails the test
+// with the end of Loki's log.
+func startLoki(t *testing.T, binary string, opts LokiOptions, env []string) (string, func(string, ...any)) {
+	t.Helper()
+	dir := filepath.Dir(opts.ConfigFile)
+	logFile := filepath.Join(dir, "loki.log")
+	log, err := os.Create(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	cmd := exec.Command(binary, LokiArgs(opts, LokiComponentAll)...)
+	cmd.Dir = dir // any path the configuration forgot lands in the temporary directory
+	cmd.Env = append(append(os.Environ(), PodIPEnv+"=127.0.0.1"), env...)
+	cmd.Stdout, cmd.Stderr = log, log
+	started := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	fatal := func(format string, args ...any) {
+		t.Helper()
+		data, _ := os.ReadFile(logFile)
+		lines := strings.Split(string(data), "\n")
+		t.Fatalf(format+"\n--- last 40 lines of Loki's log ---\n%s", append(args, strings.Join(lines[max(0, len(lines)-40):], "\n"))...)
+	}
+	base := fmt.Sprintf("http://127.0.0.1:%d", opts.HTTPPort)
+	client := &http.Client{Timeout: 10 * time.Second}
+	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		select {
+		case err := <-exited:
+			exited <- err
+			fatal("Loki exited before it was ready: %v", err)
+		default:
+		}
+		if code, _ := lokiRequest(client, "GET", base+"/ready", "", nil); code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			fatal("Loki did not become ready within 3 minutes")
+		}
+	}
+	t.Logf("Loki %s (%s storage) ready on the rendered config after %s, RSS %s", DefaultLokiVersion, opts.Storage.Type,
+		time.Since(started).Round(time.Millisecond), processRSS(cmd.Process.Pid))
+	return base, fatal
 }
 
 // lokiPushBody is one line in Loki's JSON push format.
