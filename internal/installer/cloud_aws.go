@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/rest"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
 	"github.com/opstrace/opstrace/internal/installer/cloud"
@@ -99,40 +100,63 @@ func awsKubeconfigPath(name string) (string, error) {
 	return filepath.Join(home, "clusters", "aws-"+name, "kubeconfig"), nil
 }
 
-// awsSteps are the cloud steps and the Kubernetes step of an AWS install.
-func awsSteps(c *awscloud.Clients, name string, cfg config.Config) []plan.Step {
-	steps := awscloud.Steps(c, name, cfg)
-	var access awscloud.KubeAccess
-	read := func(ctx context.Context) error {
-		var err error
-		access, err = awscloud.Access(ctx, c, name)
-		return err
+// awsConnect reaches the EKS cluster's API server with a token made in-process from the AWS credentials
+// (awscloud.EKSToken): the installer itself needs no aws CLI. Tokens last 15 minutes, so every connection
+// makes a new one.
+func awsConnect(c *awscloud.Clients, name string) func(context.Context) (*rest.Config, error) {
+	return func(ctx context.Context) (*rest.Config, error) {
+		access, err := awscloud.Access(ctx, c, name)
+		if err != nil {
+			return nil, err
+		}
+		token, err := awscloud.EKSToken(ctx, c.STS, name)
+		if err != nil {
+			return nil, err
+		}
+		return &rest.Config{Host: access.Endpoint, BearerToken: token, Timeout: 30 * time.Second,
+			TLSClientConfig: rest.TLSClientConfig{CAData: access.CA}}, nil
 	}
-	return append(steps, &kubeStep{
-		deps: []string{"aws/node-group", "aws/cortex-role", "aws/loki-role"},
-		kubeconfig: func(ctx context.Context) (string, error) {
-			if err := read(ctx); err != nil {
-				return "", err
-			}
-			path, err := awsKubeconfigPath(name)
-			if err != nil {
-				return "", err
-			}
-			return path, writeExecKubeconfig(path, name, access.Endpoint, access.CA, "aws",
-				[]string{"eks", "get-token", "--cluster-name", name, "--region", c.Region, "--output", "json"})
-		},
+}
+
+// writeAWSKubeconfig writes the user's kubeconfig of the EKS cluster. Unlike the installer, kubectl gets its
+// tokens from `aws eks get-token`, as with `aws eks update-kubeconfig`.
+func writeAWSKubeconfig(ctx context.Context, c *awscloud.Clients, name string) (string, error) {
+	access, err := awscloud.Access(ctx, c, name)
+	if err != nil {
+		return "", err
+	}
+	path, err := awsKubeconfigPath(name)
+	if err != nil {
+		return "", err
+	}
+	return path, writeExecKubeconfig(path, name, access.Endpoint, access.CA, "aws",
+		[]string{"eks", "get-token", "--cluster-name", name, "--region", c.Region, "--output", "json"})
+}
+
+// awsSteps are the cloud steps and the Kubernetes step of an AWS install. out receives the Kubernetes
+// step's progress.
+func awsSteps(c *awscloud.Clients, name string, cfg config.Config, out io.Writer) []plan.Step {
+	return append(awscloud.Steps(c, name, cfg), &kubeStep{
+		deps:    []string{"aws/node-group", "aws/cortex-role", "aws/loki-role", "aws/eks-access"},
+		connect: awsConnect(c, name),
 		workload: func(ctx context.Context) (cloudWorkload, error) {
-			if err := read(ctx); err != nil {
+			cortex, loki, err := awscloud.WorkloadRoles(ctx, c, name)
+			if err != nil {
 				return cloudWorkload{}, err
 			}
 			return cloudWorkload{Name: name, Config: cfg,
 				Storage: v1alpha1.StorageSpec{Type: v1alpha1.StorageS3,
 					S3: &v1alpha1.S3Storage{Bucket: cloud.BucketName(name, cloud.BucketMetrics), Region: c.Region}},
-				ServiceAccountAnnotations: map[string]string{"eks.amazonaws.com/role-arn": access.RoleARNs[awscloud.CortexRoleName(name)]},
+				LogsBucket:      cloud.BucketName(name, cloud.BucketLogs),
+				ServiceAccounts: serviceAccountsFor(awsRoleAnnotation, cortex, loki),
 			}, nil
 		},
+		out: out,
 	})
 }
+
+// awsRoleAnnotation on a ServiceAccount names the IAM role its pods assume (IRSA).
+const awsRoleAnnotation = "eks.amazonaws.com/role-arn"
 
 func newCreateAWSCommand() *cobra.Command {
 	var file string
@@ -142,7 +166,7 @@ func newCreateAWSCommand() *cobra.Command {
 		Short: "Create an Opstrace cluster in your AWS account: buckets, network, IAM roles, EKS, the controller",
 		Long: "Plans first (what is created, in which order, after what), asks, then creates the resources in parallel.\n" +
 			"Running it again after an interruption resumes where it stopped. Credentials: the default AWS chain\n" +
-			"(environment, ~/.aws with AWS_PROFILE, SSO). The in-cluster part needs the aws CLI for EKS tokens.",
+			"(environment, ~/.aws with AWS_PROFILE, SSO). The kubeconfig it writes uses `aws eks get-token`.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
@@ -158,7 +182,16 @@ func newCreateAWSCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runCreate(cmd, awsSteps(c, name, cfg), fmt.Sprintf("AWS cluster %s in %s", name, cfg.AWS.Region), yes, dryRun)
+			if err := runCreate(cmd, awsSteps(c, name, cfg, cmd.OutOrStdout()), fmt.Sprintf("AWS cluster %s in %s", name, cfg.AWS.Region), yes, dryRun); err != nil || dryRun {
+				return err
+			}
+			path, err := writeAWSKubeconfig(ctx, c, name)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Kubeconfig: %s (kubectl gets tokens from `aws eks get-token`)\nStatus:     %s status aws %s --region %s\n",
+				path, selfCommand(), name, cfg.AWS.Region)
+			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&file, "config", "c", "", "Cluster config file (YAML); - reads stdin")
@@ -195,7 +228,11 @@ func newDestroyAWSCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "aws NAME",
 		Short: "Delete every AWS resource of an Opstrace cluster, data included, then sweep anything still tagged for it",
-		Args:  cobra.ExactArgs(1),
+		Long: "Deletes the MetricsClusters and LoadBalancer Services in the cluster first and waits for their load\n" +
+			"balancers to go (AWS makes them untagged; they would keep the VPC), then the AWS resources in reverse\n" +
+			"order, then sweeps anything still tagged " + cloud.OwnerTag + "=NAME. The config stored in the cluster\n" +
+			"says which zones to look in; when the cluster is unreachable the defaults do, and the sweep finds the rest.",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
 			if err := cloud.ValidateName(name); err != nil {
@@ -206,9 +243,11 @@ func newDestroyAWSCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg := config.Defaults(config.ProviderAWS)
-			cfg.AWS.Region = region
-			rev, err := plan.Reverse(awscloud.Steps(c, name, cfg))
+			defaults := config.Defaults(config.ProviderAWS)
+			defaults.AWS.Region = region
+			cfg, source, _ := clusterConfig(ctx, nil, awsConnect(c, name), config.ProviderAWS, defaults)
+			fmt.Fprintf(out, "Config: %s\n", source)
+			rev, err := plan.Reverse(awsSteps(c, name, cfg, out))
 			if err != nil {
 				return err
 			}
@@ -228,6 +267,14 @@ func newDestroyAWSCommand() *cobra.Command {
 			_, runErr := plan.Run(ctx, rev, plan.Options{Progress: progressPrinter(out)})
 			rep, sweepErr := awscloud.Sweep(ctx, c, name, false)
 			fmt.Fprint(out, rep.String())
+			// What the plan skipped (an unreachable cluster), said again after the run's output.
+			for _, p := range preview {
+				for _, d := range p.Change.Diff {
+					if strings.HasPrefix(d, "SKIPPED: ") {
+						fmt.Fprintf(out, "%s: %s\n", p.Name, d)
+					}
+				}
+			}
 			if runErr != nil || sweepErr != nil || len(rep.Left) > 0 {
 				return fmt.Errorf("destroy of %s is incomplete; run it again: %w", name, joinErrs(runErr, sweepErr))
 			}
@@ -291,28 +338,44 @@ func newStatusAWSCommand() *cobra.Command {
 	var region, file string
 	cmd := &cobra.Command{
 		Use:   "aws NAME",
-		Short: "Show each AWS resource of a cluster: present and as configured, or what a create would change",
-		Args:  cobra.ExactArgs(1),
+		Short: "Show each AWS resource of a cluster, the controller, every MetricsCluster condition, and probe the gateway",
+		Long: "Compares the AWS resources with the config stored in the cluster (or -c FILE; the defaults when the\n" +
+			"cluster is unreachable), then reports the controller's Helm release, every condition of the\n" +
+			"MetricsCluster, and the gateway's /-/ready over HTTPS, trusting only the cluster's CA.",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			cfg := config.Defaults(config.ProviderAWS)
-			cfg.AWS.Region = region
+			if err := cloud.ValidateName(name); err != nil {
+				return err
+			}
+			ctx, out := cmd.Context(), cmd.OutOrStdout()
+			var fromFile func() (config.Config, error)
 			if file != "" {
-				var err error
-				if cfg, err = readConfig(cmd, file, config.ProviderAWS); err != nil {
+				cfg, err := readConfig(cmd, file, config.ProviderAWS)
+				if err != nil {
 					return err
 				}
+				region = cfg.AWS.Region
+				fromFile = func() (config.Config, error) { return cfg, nil }
 			}
-			c, err := awsClientsFunc(cmd.Context(), cfg.AWS.Region)
+			c, err := awsClientsFunc(ctx, region)
 			if err != nil {
 				return err
 			}
-			preview, err := plan.Preview(cmd.Context(), awscloud.Steps(c, name, cfg))
+			connect := awsConnect(c, name)
+			defaults := config.Defaults(config.ProviderAWS)
+			defaults.AWS.Region = region
+			cfg, source, err := clusterConfig(ctx, fromFile, connect, config.ProviderAWS, defaults)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "AWS cluster %s in %s; config: %s\n\n", name, region, source)
+			preview, err := plan.Preview(ctx, awscloud.Steps(c, name, cfg))
 			if err != nil {
 				return err
 			}
 			healthy := true
-			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "RESOURCE\tSTATE")
 			for _, p := range preview {
 				state := "ok"
@@ -325,13 +388,25 @@ func newStatusAWSCommand() *cobra.Command {
 			if err := w.Flush(); err != nil {
 				return err
 			}
+			fmt.Fprintln(out)
+			restConfig, err := connect(ctx)
+			if err != nil {
+				fmt.Fprintf(out, "Kubernetes: not reachable: %v\n", err)
+				healthy = false
+			} else {
+				ok, err := kubeStatus(ctx, out, restConfig, name)
+				if err != nil {
+					return err
+				}
+				healthy = healthy && ok
+			}
 			if !healthy {
-				return fmt.Errorf("AWS cluster %s is incomplete: run create aws %s again", name, name)
+				return fmt.Errorf("AWS cluster %s is not healthy (above); run create aws %s again to converge what it made", name, name)
 			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&region, "region", config.DefaultAWSRegion, "AWS region of the cluster")
-	cmd.Flags().StringVarP(&file, "config", "c", "", "The cluster's config file, when it differs from the defaults")
+	cmd.Flags().StringVarP(&file, "config", "c", "", "Compare with this config file instead of the one stored in the cluster")
 	return cmd
 }

@@ -56,25 +56,63 @@ func TestCloudObjectsCarryTheRenderedConfigAndIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs := BuildCloudObjects(cloudWorkload{Name: "prod", Config: cfg,
-		Storage:                   v1alpha1.StorageSpec{Type: v1alpha1.StorageS3, S3: &v1alpha1.S3Storage{Bucket: "opstrace-prod-metrics", Region: "us-west-2"}},
-		ServiceAccountAnnotations: map[string]string{"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/opstrace/opstrace-prod-cortex"}}, "opstrace")
+	w := testWorkload(cfg)
+	objs := BuildCloudObjects(w, "opstrace")
 	var kinds []string
 	for _, o := range objs {
 		kinds = append(kinds, o.GetObjectKind().GroupVersionKind().Kind+"/"+o.GetName())
+		if o.GetAnnotations()[installerHashAnnotation] == "" {
+			t.Errorf("%s has no hash annotation", objectRef(o))
+		}
 	}
-	if got := strings.Join(kinds, " "); got != "ConfigMap/opstrace-cluster-config Namespace/opstrace ServiceAccount/prod-cortex MetricsCluster/prod Tenant/team-a Tenant/team-b" {
+	if got := strings.Join(kinds, " "); got != "ConfigMap/opstrace-cluster-config Namespace/opstrace MetricsCluster/prod Tenant/team-a Tenant/team-b" {
 		t.Fatalf("objects %s", got)
 	}
 	stored, err := config.Parse([]byte(objs[0].(*corev1.ConfigMap).Data["config.yaml"]), config.ProviderAWS)
 	if err != nil || string(config.Render(stored)) != string(config.Render(cfg)) {
 		t.Errorf("the stored config does not parse back to the same config: %v", err)
 	}
-	mc := objs[3].(*v1alpha1.MetricsCluster)
-	if mc.Spec.Retention.MetricsDays != 90 || mc.Spec.Storage.S3.Bucket != "opstrace-prod-metrics" || mc.Spec.Gateway.ServiceType != corev1.ServiceTypeLoadBalancer {
+	mc := objs[2].(*v1alpha1.MetricsCluster)
+	if mc.Spec.Retention.MetricsDays != 90 || mc.Spec.Storage.S3.Bucket != "opstrace-prod-metrics" || mc.Spec.Gateway.ServiceType != corev1.ServiceTypeLoadBalancer ||
+		mc.Spec.Logs.Storage.Bucket != "opstrace-prod-logs" {
 		t.Errorf("MetricsCluster spec %+v", mc.Spec)
 	}
-	if objs[2].GetAnnotations()["eks.amazonaws.com/role-arn"] == "" {
-		t.Error("Cortex service account without its IRSA role")
+	if mc.Spec.ServiceAccounts.Cortex.Annotations[awsRoleAnnotation] != testCortexRole || mc.Spec.ServiceAccounts.Loki.Annotations[awsRoleAnnotation] != testLokiRole {
+		t.Errorf("service account identities %+v", mc.Spec.ServiceAccounts)
+	}
+	// The hash follows the content: another retention is another MetricsCluster hash, the same Tenants.
+	cfg.MetricRetentionDays = 30
+	again := BuildCloudObjects(testWorkload(cfg), "opstrace")
+	for i, o := range objs {
+		changed := o.GetAnnotations()[installerHashAnnotation] != again[i].GetAnnotations()[installerHashAnnotation]
+		if want := i == 0 || i == 2; changed != want {
+			t.Errorf("%s: hash changed %v, want %v", objectRef(o), changed, want)
+		}
+	}
+}
+
+func TestSplitImage(t *testing.T) {
+	for ref, want := range map[string][2]string{
+		"opstrace/opstrace-controller:v1.2.3":             {"opstrace/opstrace-controller", "v1.2.3"},
+		"registry.example.com:5000/opstrace/ctl:v1":       {"registry.example.com:5000/opstrace/ctl", "v1"},
+		"registry.example.com:5000/opstrace/ctl":          {"registry.example.com:5000/opstrace/ctl", ""},
+		"ghcr.io/acme/opstrace-gateway:sha-0123456789abc": {"ghcr.io/acme/opstrace-gateway", "sha-0123456789abc"},
+	} {
+		if repo, tag := splitImage(ref); repo != want[0] || tag != want[1] {
+			t.Errorf("splitImage(%q) = %q, %q; want %q", ref, repo, tag, want)
+		}
+	}
+}
+
+const (
+	testCortexRole = "arn:aws:iam::123456789012:role/opstrace/opstrace-prod-cortex"
+	testLokiRole   = "arn:aws:iam::123456789012:role/opstrace/opstrace-prod-loki"
+)
+
+func testWorkload(cfg config.Config) cloudWorkload {
+	return cloudWorkload{Name: "prod", Config: cfg,
+		Storage:         v1alpha1.StorageSpec{Type: v1alpha1.StorageS3, S3: &v1alpha1.S3Storage{Bucket: "opstrace-prod-metrics", Region: "us-west-2"}},
+		LogsBucket:      "opstrace-prod-logs",
+		ServiceAccounts: serviceAccountsFor(awsRoleAnnotation, testCortexRole, testLokiRole),
 	}
 }

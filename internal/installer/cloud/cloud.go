@@ -20,6 +20,10 @@ const OwnerTag = "opstrace.io/cluster"
 // keys allow only lowercase letters, digits, '_' and '-', so OwnerTag is spelled with dashes.
 const OwnerLabel = "opstrace-io-cluster"
 
+// Namespace is the Kubernetes namespace of a cloud install's MetricsCluster: the cloud identities of its
+// workloads (IRSA roles, GCP service accounts) trust the service accounts of this namespace only.
+const Namespace = "opstrace"
+
 // MaxNameLen is the longest cluster name: the name prefixes bucket, role and Kubernetes object names, and a
 // MetricsCluster name has at most 30 characters.
 const MaxNameLen = 30

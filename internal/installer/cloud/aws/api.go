@@ -18,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/eks"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 )
 
 // S3API is the part of *s3.Client the bucket steps use.
@@ -104,6 +105,13 @@ type EKSAPI interface {
 	UpdateNodegroupConfig(context.Context, *eks.UpdateNodegroupConfigInput, ...func(*eks.Options)) (*eks.UpdateNodegroupConfigOutput, error)
 	DeleteNodegroup(context.Context, *eks.DeleteNodegroupInput, ...func(*eks.Options)) (*eks.DeleteNodegroupOutput, error)
 	ListNodegroups(context.Context, *eks.ListNodegroupsInput, ...func(*eks.Options)) (*eks.ListNodegroupsOutput, error)
+
+	ListAccessEntries(context.Context, *eks.ListAccessEntriesInput, ...func(*eks.Options)) (*eks.ListAccessEntriesOutput, error)
+	DescribeAccessEntry(context.Context, *eks.DescribeAccessEntryInput, ...func(*eks.Options)) (*eks.DescribeAccessEntryOutput, error)
+	CreateAccessEntry(context.Context, *eks.CreateAccessEntryInput, ...func(*eks.Options)) (*eks.CreateAccessEntryOutput, error)
+	DeleteAccessEntry(context.Context, *eks.DeleteAccessEntryInput, ...func(*eks.Options)) (*eks.DeleteAccessEntryOutput, error)
+	ListAssociatedAccessPolicies(context.Context, *eks.ListAssociatedAccessPoliciesInput, ...func(*eks.Options)) (*eks.ListAssociatedAccessPoliciesOutput, error)
+	AssociateAccessPolicy(context.Context, *eks.AssociateAccessPolicyInput, ...func(*eks.Options)) (*eks.AssociateAccessPolicyOutput, error)
 }
 
 // Clients are the AWS APIs of one region.
@@ -113,6 +121,8 @@ type Clients struct {
 	EC2    EC2API
 	IAM    IAMAPI
 	EKS    EKSAPI
+	// STS presigns the GetCallerIdentity request that is the EKS API server's bearer token (EKSToken).
+	STS STSPresignAPI
 	// PollInterval is how often a step polls a resource that is becoming ready or going away (EKS,
 	// NAT gateway); 15 seconds when zero.
 	PollInterval time.Duration
@@ -138,6 +148,7 @@ func NewClients(ctx context.Context, region string) (*Clients, aws.Config, error
 		EC2:    ec2.NewFromConfig(cfg),
 		IAM:    iam.NewFromConfig(cfg),
 		EKS:    eks.NewFromConfig(cfg),
+		STS:    sts.NewPresignClient(sts.NewFromConfig(cfg)),
 	}, cfg, nil
 }
 

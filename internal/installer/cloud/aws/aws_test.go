@@ -28,9 +28,12 @@ import (
 
 const testCluster = "prod"
 
+// opsRole is the eks_admin_roles entry of testConfig.
+const opsRole = "arn:aws:iam::123456789012:role/ops"
+
 func testConfig(t testing.TB) config.Config {
 	t.Helper()
-	cfg, err := config.Parse([]byte("node_count: 4\nmetric_retention_days: 90\naws: {region: eu-west-1, zone_suffixes: [a, b]}\n"), config.ProviderAWS)
+	cfg, err := config.Parse([]byte("node_count: 4\nmetric_retention_days: 90\naws: {region: eu-west-1, zone_suffixes: [a, b], eks_admin_roles: [\""+opsRole+"\"]}\n"), config.ProviderAWS)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	smithy "github.com/aws/smithy-go"
+
+	"github.com/opstrace/opstrace/internal/installer/cloud"
 )
 
 var errKilled = errors.New("simulated kill -9 of the installer")
@@ -101,6 +103,11 @@ type feks struct {
 	deleteAt   time.Time
 	deleting   bool
 	nodegroups map[string]*fng
+	access     map[string]*faccess // by principal ARN
+}
+type faccess struct {
+	tags     map[string]string
+	policies []string // "policy ARN scope"
 }
 type fng struct {
 	in       *eks.CreateNodegroupInput
@@ -226,6 +233,9 @@ func (w *world) inventory() []string {
 		out = append(out, "eks "+name)
 		for ng, g := range c.nodegroups {
 			out = append(out, fmt.Sprintf("nodegroup %s desired=%d", ng, g.desired))
+		}
+		for principal, a := range c.access {
+			out = append(out, fmt.Sprintf("access-entry %s owner=%s policies=%v", principal, a.tags[cloud.OwnerTag], a.policies))
 		}
 	}
 	for name, b := range w.buckets {
@@ -993,7 +1003,12 @@ func (f *fakeEKS) CreateCluster(_ context.Context, in *eks.CreateClusterInput, _
 			return nil, &ekstypes.InvalidParameterException{Message: aws.String("subnet " + s + " does not exist")}
 		}
 	}
-	f.eks[aws.ToString(in.Name)] = &feks{in: in, readyAt: time.Now().Add(f.latency["eks"]), nodegroups: map[string]*fng{}}
+	c := &feks{in: in, readyAt: time.Now().Add(f.latency["eks"]), nodegroups: map[string]*fng{}, access: map[string]*faccess{}}
+	if in.AccessConfig != nil && aws.ToBool(in.AccessConfig.BootstrapClusterCreatorAdminPermissions) {
+		// EKS gives the creator an untagged entry with cluster-admin.
+		c.access[creatorARN] = &faccess{tags: map[string]string{}, policies: []string{ClusterAdminPolicy + " cluster"}}
+	}
+	f.eks[aws.ToString(in.Name)] = c
 	return &eks.CreateClusterOutput{}, f.w().done(true)
 }
 
@@ -1112,6 +1127,118 @@ func (f *fakeEKS) ListNodegroups(_ context.Context, in *eks.ListNodegroupsInput,
 		return nil, eksNotFound()
 	}
 	return &eks.ListNodegroupsOutput{Nodegroups: sortedKeys(c.nodegroups)}, f.w().done(false)
+}
+
+// creatorARN is the principal of the fake's credentials.
+const creatorARN = "arn:aws:iam::" + account + ":role/installer"
+
+// activeCluster is the named cluster if it is ACTIVE: access entries need one.
+func (f *fakeEKS) activeCluster(name *string) (*feks, error) {
+	c := f.cluster(aws.ToString(name))
+	switch {
+	case c == nil:
+		return nil, eksNotFound()
+	case c.deleting || time.Now().Before(c.readyAt):
+		return nil, &ekstypes.ResourceInUseException{Message: aws.String("cluster is not ACTIVE (simulated)")}
+	}
+	return c, nil
+}
+
+func (f *fakeEKS) ListAccessEntries(_ context.Context, in *eks.ListAccessEntriesInput, _ ...func(*eks.Options)) (*eks.ListAccessEntriesOutput, error) {
+	if err := f.w().call("eks:ListAccessEntries", in); err != nil {
+		return nil, err
+	}
+	c, err := f.activeCluster(in.ClusterName)
+	if err != nil {
+		f.w().done(false)
+		return nil, err
+	}
+	return &eks.ListAccessEntriesOutput{AccessEntries: sortedKeys(c.access)}, f.w().done(false)
+}
+
+func (f *fakeEKS) entry(cluster, principal *string) (*faccess, error) {
+	c, err := f.activeCluster(cluster)
+	if err != nil {
+		return nil, err
+	}
+	if a := c.access[aws.ToString(principal)]; a != nil {
+		return a, nil
+	}
+	return nil, eksNotFound()
+}
+
+func (f *fakeEKS) DescribeAccessEntry(_ context.Context, in *eks.DescribeAccessEntryInput, _ ...func(*eks.Options)) (*eks.DescribeAccessEntryOutput, error) {
+	if err := f.w().call("eks:DescribeAccessEntry", in); err != nil {
+		return nil, err
+	}
+	a, err := f.entry(in.ClusterName, in.PrincipalArn)
+	if err != nil {
+		f.w().done(false)
+		return nil, err
+	}
+	return &eks.DescribeAccessEntryOutput{AccessEntry: &ekstypes.AccessEntry{PrincipalArn: in.PrincipalArn, Tags: a.tags}}, f.w().done(false)
+}
+
+func (f *fakeEKS) CreateAccessEntry(_ context.Context, in *eks.CreateAccessEntryInput, _ ...func(*eks.Options)) (*eks.CreateAccessEntryOutput, error) {
+	if err := f.w().call("eks:CreateAccessEntry", in); err != nil {
+		return nil, err
+	}
+	c, err := f.activeCluster(in.ClusterName)
+	if err == nil && c.access[aws.ToString(in.PrincipalArn)] != nil {
+		err = &ekstypes.ResourceInUseException{Message: aws.String("access entry exists (simulated)")}
+	}
+	if err != nil {
+		f.w().done(false)
+		return nil, err
+	}
+	c.access[aws.ToString(in.PrincipalArn)] = &faccess{tags: in.Tags}
+	return &eks.CreateAccessEntryOutput{}, f.w().done(true)
+}
+
+func (f *fakeEKS) DeleteAccessEntry(_ context.Context, in *eks.DeleteAccessEntryInput, _ ...func(*eks.Options)) (*eks.DeleteAccessEntryOutput, error) {
+	if err := f.w().call("eks:DeleteAccessEntry", in); err != nil {
+		return nil, err
+	}
+	if _, err := f.entry(in.ClusterName, in.PrincipalArn); err != nil {
+		f.w().done(false)
+		return nil, err
+	}
+	delete(f.eks[aws.ToString(in.ClusterName)].access, aws.ToString(in.PrincipalArn))
+	return &eks.DeleteAccessEntryOutput{}, f.w().done(true)
+}
+
+func (f *fakeEKS) ListAssociatedAccessPolicies(_ context.Context, in *eks.ListAssociatedAccessPoliciesInput, _ ...func(*eks.Options)) (*eks.ListAssociatedAccessPoliciesOutput, error) {
+	if err := f.w().call("eks:ListAssociatedAccessPolicies", in); err != nil {
+		return nil, err
+	}
+	a, err := f.entry(in.ClusterName, in.PrincipalArn)
+	if err != nil {
+		f.w().done(false)
+		return nil, err
+	}
+	out := &eks.ListAssociatedAccessPoliciesOutput{}
+	for _, p := range a.policies {
+		arn, scope, _ := strings.Cut(p, " ")
+		out.AssociatedAccessPolicies = append(out.AssociatedAccessPolicies, ekstypes.AssociatedAccessPolicy{
+			PolicyArn: aws.String(arn), AccessScope: &ekstypes.AccessScope{Type: ekstypes.AccessScopeType(scope)}})
+	}
+	return out, f.w().done(false)
+}
+
+func (f *fakeEKS) AssociateAccessPolicy(_ context.Context, in *eks.AssociateAccessPolicyInput, _ ...func(*eks.Options)) (*eks.AssociateAccessPolicyOutput, error) {
+	if err := f.w().call("eks:AssociateAccessPolicy", in); err != nil {
+		return nil, err
+	}
+	a, err := f.entry(in.ClusterName, in.PrincipalArn)
+	if err != nil {
+		f.w().done(false)
+		return nil, err
+	}
+	p := aws.ToString(in.PolicyArn) + " " + string(in.AccessScope.Type)
+	if !slices.Contains(a.policies, p) { // associating again replaces: idempotent
+		a.policies = append(a.policies, p)
+	}
+	return &eks.AssociateAccessPolicyOutput{}, f.w().done(true)
 }
 
 // fakeS3 is only for the whole-install tests under fake time; the bucket steps are tested on MinIO.

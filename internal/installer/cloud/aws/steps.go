@@ -11,6 +11,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/eks"
+	ekstypes "github.com/aws/aws-sdk-go-v2/service/eks/types"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	iamtypes "github.com/aws/aws-sdk-go-v2/service/iam/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -21,11 +22,14 @@ import (
 	"github.com/opstrace/opstrace/internal/manifests"
 )
 
-// Workload identity: the namespace of the MetricsCluster, and the role of its Cortex service account.
-const WorkloadNamespace = "opstrace"
+// WorkloadNamespace is the namespace of the MetricsCluster, whose service accounts the IRSA roles trust.
+const WorkloadNamespace = cloud.Namespace
 
-// CortexRoleName is the IRSA role of the Cortex pods; the installer annotates their service account with it.
+// CortexRoleName is the IRSA role of the Cortex pods, limited to the metrics bucket.
 func CortexRoleName(cluster string) string { return cloud.ResourceName(cluster, "cortex") }
+
+// LokiRoleName is the IRSA role of the Loki pods, limited to the logs bucket.
+func LokiRoleName(cluster string) string { return cloud.ResourceName(cluster, "loki") }
 
 // Steps are the AWS resources of cluster, for a parsed config (config.ProviderAWS). The EKS cluster is the
 // critical path; buckets, roles and the network are made while it waits for its subnets.
@@ -49,21 +53,22 @@ func Steps(c *Clients, cluster string, cfg config.Config) []plan.Step {
 		&clusterStep{c: c, cluster: cluster, version: cfg.KubernetesVersion, zones: zones},
 		&nodeGroupStep{c: c, cluster: cluster, zones: zones, instanceType: cfg.AWS.InstanceType, nodes: int32(cfg.NodeCount)},
 		&oidcStep{c: c, cluster: cluster},
+		&accessStep{c: c, cluster: cluster, admins: cfg.AWS.EKSAdminRoles},
 		workloadRole(c, cluster, "aws/cortex-role", CortexRoleName(cluster), WorkloadNamespace,
 			manifests.CortexServiceAccountName(cluster), cloud.BucketName(cluster, cloud.BucketMetrics), "aws/bucket-metrics"),
-		workloadRole(c, cluster, "aws/loki-role", cloud.ResourceName(cluster, "loki"), WorkloadNamespace,
-			cluster+"-loki", cloud.BucketName(cluster, cloud.BucketLogs), "aws/bucket-logs"),
+		workloadRole(c, cluster, "aws/loki-role", LokiRoleName(cluster), WorkloadNamespace,
+			manifests.LokiServiceAccountName(cluster), cloud.BucketName(cluster, cloud.BucketLogs), "aws/bucket-logs"),
 	}
 }
 
-// KubeAccess is what a kubeconfig for the EKS cluster needs.
+// KubeAccess is what a client of the EKS cluster's API server needs.
 type KubeAccess struct {
 	Endpoint string
 	CA       []byte
-	RoleARNs map[string]string // IRSA role ARN by role name
 }
 
-// Access reads the EKS cluster's endpoint and CA, and the ARN of the Cortex role.
+// Access reads the EKS cluster's endpoint and CA. An error of kind plan.NotFound means the cluster does not
+// exist, or has no endpoint yet.
 func Access(ctx context.Context, c *Clients, cluster string) (KubeAccess, error) {
 	out, err := c.EKS.DescribeCluster(ctx, &eks.DescribeClusterInput{Name: &cluster})
 	if err != nil {
@@ -72,18 +77,33 @@ func Access(ctx context.Context, c *Clients, cluster string) (KubeAccess, error)
 	if out.Cluster.Tags[cloud.OwnerTag] != cluster {
 		return KubeAccess{}, plan.NotOwnedError("EKS cluster "+cluster, "EKS cluster "+cluster, cloud.OwnerTag+"="+cluster)
 	}
-	a := KubeAccess{Endpoint: aws.ToString(out.Cluster.Endpoint), RoleARNs: map[string]string{}}
+	if out.Cluster.Status != ekstypes.ClusterStatusActive || aws.ToString(out.Cluster.Endpoint) == "" {
+		return KubeAccess{}, plan.Errorf(plan.NotFound, "reach EKS cluster "+cluster, fmt.Errorf("it is %s, not ACTIVE", out.Cluster.Status))
+	}
+	a := KubeAccess{Endpoint: aws.ToString(out.Cluster.Endpoint)}
 	if out.Cluster.CertificateAuthority != nil {
 		if a.CA, err = base64.StdEncoding.DecodeString(aws.ToString(out.Cluster.CertificateAuthority.Data)); err != nil {
 			return KubeAccess{}, fmt.Errorf("EKS cluster %s: certificate authority: %w", cluster, err)
 		}
 	}
-	role, err := c.IAM.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(CortexRoleName(cluster))})
-	if err != nil {
-		return KubeAccess{}, classify("read IAM role "+CortexRoleName(cluster), "iam:GetRole", err)
-	}
-	a.RoleARNs[CortexRoleName(cluster)] = aws.ToString(role.Role.Arn)
 	return a, nil
+}
+
+// WorkloadRoles returns the ARNs of the Cortex and Loki IRSA roles; an error of kind plan.NotFound while
+// one does not exist yet.
+func WorkloadRoles(ctx context.Context, c *Clients, cluster string) (cortex, loki string, err error) {
+	arns := make([]string, 2)
+	for i, name := range []string{CortexRoleName(cluster), LokiRoleName(cluster)} {
+		role, err := c.IAM.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(name)})
+		if err != nil {
+			return "", "", classify("read IAM role "+name, "iam:GetRole", err)
+		}
+		if !ownedBy(role.Role.Tags, cluster, func(t iamtypes.Tag) (string, string) { return aws.ToString(t.Key), aws.ToString(t.Value) }) {
+			return "", "", plan.NotOwnedError("IAM role "+name, "IAM role "+name, cloud.OwnerTag+"="+cluster)
+		}
+		arns[i] = aws.ToString(role.Role.Arn)
+	}
+	return arns[0], arns[1], nil
 }
 
 // Find lists every resource tagged for cluster (every cluster when cluster is ""), by cluster name: what
