@@ -2,12 +2,16 @@ package installer
 
 import (
 	"context"
+	"flag"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
 	"helm.sh/helm/v3/pkg/action"
 	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/release"
 	appsv1 "k8s.io/api/apps/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -16,8 +20,80 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/opstrace/opstrace/charts"
+	"github.com/opstrace/opstrace/internal/installer/config"
 	"github.com/opstrace/opstrace/internal/testenv"
 )
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden")
+
+// helmTemplate renders the embedded chart as `helm template opstrace charts/opstrace -n opstrace-system`
+// does: client-only, no API server.
+func helmTemplate(t *testing.T, values map[string]any) string {
+	t.Helper()
+	ch, err := LoadChart()
+	if err != nil {
+		t.Fatal(err)
+	}
+	install := action.NewInstall(&action.Configuration{})
+	install.ReleaseName, install.Namespace = ControllerRelease, ControllerNamespace
+	install.DryRun, install.ClientOnly, install.Replace, install.SkipCRDs = true, true, true, true
+	install.KubeVersion = &chartutil.KubeVersion{Version: "v1.37.1", Major: "1", Minor: "37"}
+	var rel *release.Release
+	if rel, err = install.Run(ch, values); err != nil {
+		t.Fatalf("helm template: %v", err)
+	}
+	return rel.Manifest
+}
+
+// The chart's templates, rendered with the default values and with the values of a cloud install, match
+// the golden files (go test -run TestHelmTemplateMatchesGoldenFiles -update rewrites them).
+func TestHelmTemplateMatchesGoldenFiles(t *testing.T) {
+	cfg := config.Defaults(config.ProviderAWS)
+	cfg.ControllerImage = "registry.example.com:5000/opstrace/opstrace-controller:v1.2.3"
+	cfg.GatewayImage = "registry.example.com:5000/opstrace/opstrace-gateway:v1.2.3"
+	for name, values := range map[string]map[string]any{
+		"helm-template-defaults.golden": nil,
+		"helm-template-cloud.golden":    controllerValues(cfg),
+	} {
+		got := helmTemplate(t, values)
+		path := filepath.Join("testdata", name)
+		if *update {
+			if err := os.MkdirAll("testdata", 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		want, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("%v (run go test -run TestHelmTemplateMatchesGoldenFiles -update)", err)
+		}
+		if got != string(want) {
+			t.Errorf("helm template with %s differs from %s; if the change is intended, run go test -run TestHelmTemplateMatchesGoldenFiles -update and review the diff\n%s",
+				name, path, firstDifference(got, string(want)))
+		}
+	}
+}
+
+// firstDifference shows the first line that differs, with its number.
+func firstDifference(got, want string) string {
+	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
+	for i := 0; i < max(len(g), len(w)); i++ {
+		var gl, wl string
+		if i < len(g) {
+			gl = g[i]
+		}
+		if i < len(w) {
+			wl = w[i]
+		}
+		if gl != wl {
+			return "line " + strconv.Itoa(i+1) + ":\n got: " + gl + "\nwant: " + wl
+		}
+	}
+	return ""
+}
 
 func TestEmbeddedChartLintsClean(t *testing.T) {
 	result := action.NewLint().Run([]string{filepath.Join(testenv.RepoRoot(), "charts", "opstrace")}, nil)
