@@ -12,7 +12,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
 	"github.com/opstrace/opstrace/internal/installer/cloud"
@@ -137,7 +141,7 @@ func writeAWSKubeconfig(ctx context.Context, c *awscloud.Clients, name string) (
 // step's progress.
 func awsSteps(c *awscloud.Clients, name string, cfg config.Config, out io.Writer) []plan.Step {
 	return append(awscloud.Steps(c, name, cfg), &kubeStep{
-		deps:    []string{"aws/node-group", "aws/cortex-role", "aws/loki-role", "aws/eks-access"},
+		deps:    []string{"aws/node-group", "aws/cortex-role", "aws/loki-role", "aws/eks-access", "aws/addon-" + awscloud.EBSCSIAddon},
 		connect: awsConnect(c, name),
 		workload: func(ctx context.Context) (cloudWorkload, error) {
 			cortex, loki, err := awscloud.WorkloadRoles(ctx, c, name)
@@ -149,10 +153,23 @@ func awsSteps(c *awscloud.Clients, name string, cfg config.Config, out io.Writer
 					S3: &v1alpha1.S3Storage{Bucket: cloud.BucketName(name, cloud.BucketMetrics), Region: c.Region}},
 				LogsBucket:      cloud.BucketName(name, cloud.BucketLogs),
 				ServiceAccounts: serviceAccountsFor(awsRoleAnnotation, cortex, loki),
+				StorageClass:    awsStorageClass(),
 			}, nil
 		},
 		out: out,
 	})
+}
+
+// awsStorageClass is the default class of an AWS install: encrypted gp3 volumes from the EBS CSI driver,
+// made in the zone of the pod that first uses them.
+func awsStorageClass() *storagev1.StorageClass {
+	return &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "opstrace-gp3"},
+		Provisioner:          "ebs.csi.aws.com",
+		Parameters:           map[string]string{"type": "gp3", "encrypted": "true"},
+		VolumeBindingMode:    ptr.To(storagev1.VolumeBindingWaitForFirstConsumer),
+		AllowVolumeExpansion: ptr.To(true),
+		ReclaimPolicy:        ptr.To(corev1.PersistentVolumeReclaimDelete),
+	}
 }
 
 // awsRoleAnnotation on a ServiceAccount names the IAM role its pods assume (IRSA).

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -30,6 +31,7 @@ import (
 	"helm.sh/helm/v3/pkg/release"
 	"helm.sh/helm/v3/pkg/storage/driver"
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -68,6 +70,9 @@ type cloudWorkload struct {
 	// ServiceAccounts gives the Cortex and Loki pods their cloud identity: an IRSA role or a GCP service
 	// account each, limited to its own bucket.
 	ServiceAccounts v1alpha1.ServiceAccountsSpec
+	// StorageClass, when set, is made the cluster's default: the volumes of the ingesters, store-gateways,
+	// compactor and Loki use the default class (EKS has none since Kubernetes 1.30).
+	StorageClass *storagev1.StorageClass
 }
 
 // BuildCloudObjects are the objects the installer applies after Helm installed the controller: the
@@ -97,8 +102,19 @@ func BuildCloudObjects(w cloudWorkload, namespace string) []client.Object {
 		objs = append(objs, &v1alpha1.Tenant{TypeMeta: metav1.TypeMeta{APIVersion: v1alpha1.GroupVersion.String(), Kind: "Tenant"},
 			ObjectMeta: metav1.ObjectMeta{Name: tenant, Namespace: namespace}})
 	}
+	if w.StorageClass != nil {
+		sc := w.StorageClass.DeepCopy()
+		sc.TypeMeta = metav1.TypeMeta{APIVersion: "storage.k8s.io/v1", Kind: "StorageClass"}
+		sc.Annotations = map[string]string{"storageclass.kubernetes.io/is-default-class": "true"}
+		objs = append(objs, sc)
+	}
 	for _, o := range objs {
-		o.SetAnnotations(map[string]string{installerHashAnnotation: contentHash(o)})
+		annotations := maps.Clone(o.GetAnnotations())
+		if annotations == nil {
+			annotations = map[string]string{}
+		}
+		annotations[installerHashAnnotation] = contentHash(o)
+		o.SetAnnotations(annotations)
 	}
 	return objs
 }

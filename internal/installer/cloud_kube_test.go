@@ -20,6 +20,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -165,6 +166,23 @@ func TestKubeStepOnARealAPIServer(t *testing.T) {
 		if err != nil || string(config.Render(stored)) != string(config.Render(cfg)) {
 			t.Errorf("stored config: %v\n%s", err, config.Render(stored))
 		}
+		// status and destroy without -c: the stored config; the cluster unreachable: the defaults, and why.
+		defaults := config.Defaults(config.ProviderAWS)
+		got, source, err := clusterConfig(ctx, nil, step.connect, config.ProviderAWS, defaults)
+		if err != nil || source != "the config stored in the cluster" || got.MetricRetentionDays != 90 {
+			t.Errorf("config of a reachable cluster: %q %v", source, err)
+		}
+		unreachable := func(context.Context) (*rest.Config, error) { return nil, errors.New("EKS cluster prod: not found") }
+		got, source, err = clusterConfig(ctx, nil, unreachable, config.ProviderAWS, defaults)
+		if err != nil || got.MetricRetentionDays != config.DefaultMetricRetentionDays ||
+			source != "the defaults (the stored config could not be read: EKS cluster prod: not found; pass -c FILE to compare with your config)" {
+			t.Errorf("config of an unreachable cluster: %q %v", source, err)
+		}
+		var sc storagev1.StorageClass
+		if err := env.Client.Get(ctx, client.ObjectKey{Name: "opstrace-gp3"}, &sc); err != nil || sc.Provisioner != "ebs.csi.aws.com" ||
+			sc.Annotations["storageclass.kubernetes.io/is-default-class"] != "true" {
+			t.Errorf("default StorageClass: %v %+v", err, sc.ObjectMeta)
+		}
 		var deployment appsv1.Deployment
 		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ControllerNamespace, Name: "opstrace-controller"}, &deployment); err != nil {
 			t.Fatal(err)
@@ -250,6 +268,7 @@ func resourceVersions(t *testing.T, env *testenv.Env) string {
 		&v1alpha1.MetricsCluster{ObjectMeta: metav1.ObjectMeta{Namespace: "opstrace", Name: "prod"}},
 		&v1alpha1.Tenant{ObjectMeta: metav1.ObjectMeta{Namespace: "opstrace", Name: "team-a"}},
 		&v1alpha1.Tenant{ObjectMeta: metav1.ObjectMeta{Namespace: "opstrace", Name: "team-b"}},
+		&storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "opstrace-gp3"}},
 	} {
 		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(o), o); err != nil {
 			t.Fatal(err)

@@ -65,7 +65,7 @@ func TestCloudObjectsCarryTheRenderedConfigAndIdentity(t *testing.T) {
 			t.Errorf("%s has no hash annotation", objectRef(o))
 		}
 	}
-	if got := strings.Join(kinds, " "); got != "ConfigMap/opstrace-cluster-config Namespace/opstrace MetricsCluster/prod Tenant/team-a Tenant/team-b" {
+	if got := strings.Join(kinds, " "); got != "ConfigMap/opstrace-cluster-config Namespace/opstrace MetricsCluster/prod Tenant/team-a Tenant/team-b StorageClass/opstrace-gp3" {
 		t.Fatalf("objects %s", got)
 	}
 	stored, err := config.Parse([]byte(objs[0].(*corev1.ConfigMap).Data["config.yaml"]), config.ProviderAWS)
@@ -76,6 +76,9 @@ func TestCloudObjectsCarryTheRenderedConfigAndIdentity(t *testing.T) {
 	if mc.Spec.Retention.MetricsDays != 90 || mc.Spec.Storage.S3.Bucket != "opstrace-prod-metrics" || mc.Spec.Gateway.ServiceType != corev1.ServiceTypeLoadBalancer ||
 		mc.Spec.Logs.Storage.Bucket != "opstrace-prod-logs" {
 		t.Errorf("MetricsCluster spec %+v", mc.Spec)
+	}
+	if sc := objs[5]; sc.GetAnnotations()["storageclass.kubernetes.io/is-default-class"] != "true" {
+		t.Errorf("StorageClass annotations %v: not the default class", sc.GetAnnotations())
 	}
 	if mc.Spec.ServiceAccounts.Cortex.Annotations[awsRoleAnnotation] != testCortexRole || mc.Spec.ServiceAccounts.Loki.Annotations[awsRoleAnnotation] != testLokiRole {
 		t.Errorf("service account identities %+v", mc.Spec.ServiceAccounts)
@@ -114,5 +117,6 @@ func testWorkload(cfg config.Config) cloudWorkload {
 		Storage:         v1alpha1.StorageSpec{Type: v1alpha1.StorageS3, S3: &v1alpha1.S3Storage{Bucket: "opstrace-prod-metrics", Region: "us-west-2"}},
 		LogsBucket:      "opstrace-prod-logs",
 		ServiceAccounts: serviceAccountsFor(awsRoleAnnotation, testCortexRole, testLokiRole),
+		StorageClass:    awsStorageClass(),
 	}
 }

@@ -46,6 +46,7 @@ func slowWorld() *world {
 	w.latency["eks"] = 10 * time.Minute
 	w.latency["nodegroup"] = 4 * time.Minute
 	w.latency["nat"] = 2 * time.Minute
+	w.latency["addon"] = time.Minute
 	w.latency["call"] = 200 * time.Millisecond
 	return w
 }
@@ -431,9 +432,36 @@ func TestListFindsClustersByTag(t *testing.T) {
 			kinds[r.Kind]++
 		}
 		want := map[string]int{"eks:cluster": 1, "eks:nodegroup": 1, "ec2:vpc": 1, "ec2:subnet": 4, "ec2:natgateway": 1, "ec2:elastic-ip": 1,
-			"ec2:route-table": 2, "ec2:internet-gateway": 1, "iam:role": 4, "iam:oidc-provider": 1, "s3:bucket": 2}
+			"ec2:route-table": 2, "ec2:internet-gateway": 1, "iam:role": 5, "iam:oidc-provider": 1, "s3:bucket": 2}
 		if fmt.Sprint(kinds) != fmt.Sprint(want) {
 			t.Errorf("prod's resources %v, want %v", kinds, want)
+		}
+	})
+}
+
+// The EBS CSI driver (volumes for ingesters, store-gateways, compactor and Loki) is the EKS add-on with an
+// IRSA role trusted only by its controller's service account and allowed only the AWS-managed driver policy.
+func TestEBSCSIAddonWithItsOwnRole(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := slowWorld()
+		if _, err := install(t, w, 8); err != nil {
+			t.Fatal(err)
+		}
+		addons := inputs[*eks.CreateAddonInput](w, "eks:CreateAddon")
+		if len(addons) != 1 || aws.ToString(addons[0].AddonName) != "aws-ebs-csi-driver" ||
+			aws.ToString(addons[0].ServiceAccountRoleArn) != "arn:aws:iam::123456789012:role/opstrace/opstrace-prod-ebs-csi" ||
+			addons[0].Tags[cloud.OwnerTag] != testCluster {
+			t.Fatalf("CreateAddon requests %+v", addons)
+		}
+		role := w.roles["opstrace-prod-ebs-csi"]
+		if role == nil || !slices.Equal(role.attached, []string{"arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"}) || len(role.inline) != 0 ||
+			!strings.Contains(role.trust, `"oidc.eks.eu-west-1.amazonaws.com/id/PROD:sub":"system:serviceaccount:kube-system:ebs-csi-controller-sa"`) {
+			t.Errorf("EBS CSI role %+v", role)
+		}
+		// The add-on is created only once the nodes exist: its controller runs on them.
+		ops := w.ops("eks:Create")
+		if i, j := slices.Index(ops, "eks:CreateNodegroup"), slices.Index(ops, "eks:CreateAddon"); i < 0 || j < i {
+			t.Errorf("create order %v", ops)
 		}
 	})
 }

@@ -104,6 +104,11 @@ type feks struct {
 	deleting   bool
 	nodegroups map[string]*fng
 	access     map[string]*faccess // by principal ARN
+	addons     map[string]*faddon
+}
+type faddon struct {
+	in      *eks.CreateAddonInput
+	readyAt time.Time
 }
 type faccess struct {
 	tags     map[string]string
@@ -233,6 +238,9 @@ func (w *world) inventory() []string {
 		out = append(out, "eks "+name)
 		for ng, g := range c.nodegroups {
 			out = append(out, fmt.Sprintf("nodegroup %s desired=%d", ng, g.desired))
+		}
+		for name, a := range c.addons {
+			out = append(out, fmt.Sprintf("addon %s role=%s", name, aws.ToString(a.in.ServiceAccountRoleArn)))
 		}
 		for principal, a := range c.access {
 			out = append(out, fmt.Sprintf("access-entry %s owner=%s policies=%v", principal, a.tags[cloud.OwnerTag], a.policies))
@@ -1003,7 +1011,7 @@ func (f *fakeEKS) CreateCluster(_ context.Context, in *eks.CreateClusterInput, _
 			return nil, &ekstypes.InvalidParameterException{Message: aws.String("subnet " + s + " does not exist")}
 		}
 	}
-	c := &feks{in: in, readyAt: time.Now().Add(f.latency["eks"]), nodegroups: map[string]*fng{}, access: map[string]*faccess{}}
+	c := &feks{in: in, readyAt: time.Now().Add(f.latency["eks"]), nodegroups: map[string]*fng{}, access: map[string]*faccess{}, addons: map[string]*faddon{}}
 	if in.AccessConfig != nil && aws.ToBool(in.AccessConfig.BootstrapClusterCreatorAdminPermissions) {
 		// EKS gives the creator an untagged entry with cluster-admin.
 		c.access[creatorARN] = &faccess{tags: map[string]string{}, policies: []string{ClusterAdminPolicy + " cluster"}}
@@ -1239,6 +1247,54 @@ func (f *fakeEKS) AssociateAccessPolicy(_ context.Context, in *eks.AssociateAcce
 		a.policies = append(a.policies, p)
 	}
 	return &eks.AssociateAccessPolicyOutput{}, f.w().done(true)
+}
+
+func (f *fakeEKS) DescribeAddon(_ context.Context, in *eks.DescribeAddonInput, _ ...func(*eks.Options)) (*eks.DescribeAddonOutput, error) {
+	if err := f.w().call("eks:DescribeAddon", in); err != nil {
+		return nil, err
+	}
+	c := f.cluster(aws.ToString(in.ClusterName))
+	if c == nil || c.addons[aws.ToString(in.AddonName)] == nil {
+		f.w().done(false)
+		return nil, eksNotFound()
+	}
+	a := c.addons[aws.ToString(in.AddonName)]
+	status := ekstypes.AddonStatusCreating
+	if !time.Now().Before(a.readyAt) {
+		status = ekstypes.AddonStatusActive
+	}
+	return &eks.DescribeAddonOutput{Addon: &ekstypes.Addon{AddonName: in.AddonName, Status: status, Tags: a.in.Tags,
+		AddonArn: aws.String("arn:aws:eks:" + f.region + ":" + account + ":addon/" + aws.ToString(in.ClusterName) + "/" + aws.ToString(in.AddonName)),
+		ServiceAccountRoleArn: a.in.ServiceAccountRoleArn}}, f.w().done(false)
+}
+
+func (f *fakeEKS) CreateAddon(_ context.Context, in *eks.CreateAddonInput, _ ...func(*eks.Options)) (*eks.CreateAddonOutput, error) {
+	if err := f.w().call("eks:CreateAddon", in); err != nil {
+		return nil, err
+	}
+	c, err := f.activeCluster(in.ClusterName)
+	if err == nil && c.addons[aws.ToString(in.AddonName)] != nil {
+		err = &ekstypes.ResourceInUseException{Message: aws.String("add-on exists (simulated)")}
+	}
+	if err == nil && f.roleByARN(aws.ToString(in.ServiceAccountRoleArn)) == nil {
+		err = &ekstypes.InvalidParameterException{Message: aws.String("role " + aws.ToString(in.ServiceAccountRoleArn) + " does not exist (simulated)")}
+	}
+	if err != nil {
+		f.w().done(false)
+		return nil, err
+	}
+	c.addons[aws.ToString(in.AddonName)] = &faddon{in: in, readyAt: time.Now().Add(f.latency["addon"])}
+	return &eks.CreateAddonOutput{}, f.w().done(true)
+}
+
+// roleByARN finds a role of the fake IAM by its ARN.
+func (f *fakeEKS) roleByARN(arn string) *frole {
+	for name, r := range f.roles {
+		if arn == roleARN(r.path, name) {
+			return r
+		}
+	}
+	return nil
 }
 
 // fakeS3 is only for the whole-install tests under fake time; the bucket steps are tested on MinIO.

@@ -341,20 +341,27 @@ func (s *oidcStep) PlanDestroy(obs plan.Observation) plan.Change {
 // objects.
 func workloadRole(c *Clients, cluster, step, role, namespace, serviceAccount, bucket, bucketStep string) *roleStep {
 	return &roleStep{c: c, cluster: cluster, step: step, role: role, inline: "bucket",
-		deps: []string{"aws/oidc-provider", bucketStep},
-		desired: func(ctx context.Context) (string, string, bool, error) {
-			arn, issuer, err := oidcProvider(ctx, c, cluster)
-			if err != nil || arn == "" {
-				return "", "", false, err
-			}
-			trust := policyDoc{Version: "2012-10-17", Statement: []statement{{Effect: "Allow",
-				Principal: map[string]string{"Federated": arn}, Action: []string{"sts:AssumeRoleWithWebIdentity"},
-				Condition: map[string]map[string]string{"StringEquals": {
-					issuer + ":sub": "system:serviceaccount:" + namespace + ":" + serviceAccount,
-					issuer + ":aud": "sts.amazonaws.com",
-				}}}}}
-			return trust.String(), bucketPolicy(bucket).String(), true, nil
-		}}
+		deps:    []string{"aws/oidc-provider", bucketStep},
+		desired: irsaTrust(c, cluster, namespace, serviceAccount, bucketPolicy(bucket).String())}
+}
+
+// irsaTrust returns the trust policy that lets only namespace/serviceAccount assume a role through the
+// cluster's OIDC provider, and the given inline policy ("" for none). Not ready while the provider is
+// missing.
+func irsaTrust(c *Clients, cluster, namespace, serviceAccount, inline string) func(context.Context) (string, string, bool, error) {
+	return func(ctx context.Context) (string, string, bool, error) {
+		arn, issuer, err := oidcProvider(ctx, c, cluster)
+		if err != nil || arn == "" {
+			return "", "", false, err
+		}
+		trust := policyDoc{Version: "2012-10-17", Statement: []statement{{Effect: "Allow",
+			Principal: map[string]string{"Federated": arn}, Action: []string{"sts:AssumeRoleWithWebIdentity"},
+			Condition: map[string]map[string]string{"StringEquals": {
+				issuer + ":sub": "system:serviceaccount:" + namespace + ":" + serviceAccount,
+				issuer + ":aud": "sts.amazonaws.com",
+			}}}}}
+		return trust.String(), inline, true, nil
+	}
 }
 
 // bucketPolicy is least privilege for a Cortex or Loki bucket: no bucket administration, no other bucket.

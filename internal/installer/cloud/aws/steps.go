@@ -54,6 +54,8 @@ func Steps(c *Clients, cluster string, cfg config.Config) []plan.Step {
 		&nodeGroupStep{c: c, cluster: cluster, zones: zones, instanceType: cfg.AWS.InstanceType, nodes: int32(cfg.NodeCount)},
 		&oidcStep{c: c, cluster: cluster},
 		&accessStep{c: c, cluster: cluster, admins: cfg.AWS.EKSAdminRoles},
+		ebsCSIRole(c, cluster),
+		&addonStep{c: c, cluster: cluster, addon: EBSCSIAddon, role: EBSCSIRoleName(cluster), deps: []string{"aws/node-group", "aws/ebs-csi-role"}},
 		workloadRole(c, cluster, "aws/cortex-role", CortexRoleName(cluster), WorkloadNamespace,
 			manifests.CortexServiceAccountName(cluster), cloud.BucketName(cluster, cloud.BucketMetrics), "aws/bucket-metrics"),
 		workloadRole(c, cluster, "aws/loki-role", LokiRoleName(cluster), WorkloadNamespace,
