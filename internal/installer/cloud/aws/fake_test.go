@@ -1264,7 +1264,7 @@ func (f *fakeEKS) DescribeAddon(_ context.Context, in *eks.DescribeAddonInput, _
 		status = ekstypes.AddonStatusActive
 	}
 	return &eks.DescribeAddonOutput{Addon: &ekstypes.Addon{AddonName: in.AddonName, Status: status, Tags: a.in.Tags,
-		AddonArn: aws.String("arn:aws:eks:" + f.region + ":" + account + ":addon/" + aws.ToString(in.ClusterName) + "/" + aws.ToString(in.AddonName)),
+		AddonArn:              aws.String("arn:aws:eks:" + f.region + ":" + account + ":addon/" + aws.ToString(in.ClusterName) + "/" + aws.ToString(in.AddonName)),
 		ServiceAccountRoleArn: a.in.ServiceAccountRoleArn}}, f.w().done(false)
 }
 
