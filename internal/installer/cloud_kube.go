@@ -57,7 +57,8 @@ import (
 const CloudConfigMap = "opstrace-cluster-config"
 
 // installerHashAnnotation is the hash of what the installer applied to an object: an object that carries
-// the hash of the desired object is as desired, so a rerun of create reads it and writes nothing.
+// the hash of the desired object is as desired, so a rerun of create reads it and writes nothing. Fields
+// changed by hand are put back when the config changes, the trade internal/apply makes too.
 const installerHashAnnotation = "opstrace.io/installer-hash"
 
 // cloudWorkload is what the Kubernetes objects of a cloud install need from the cloud steps.
@@ -381,7 +382,8 @@ func (s *kubeStep) printf(format string, args ...any) {
 }
 
 // waitReady waits until the MetricsCluster is Ready, printing what is not ready whenever it changes and
-// every minute. It reconnects on every poll: cloud API tokens last minutes, the wait may take longer.
+// every minute. It connects again every 5 minutes and after an error: cloud API tokens last minutes (15 on
+// EKS), the wait may take longer.
 func (s *kubeStep) waitReady(ctx context.Context, name string) error {
 	timeout := s.readyTimeout
 	if timeout <= 0 {
@@ -389,19 +391,24 @@ func (s *kubeStep) waitReady(ctx context.Context, name string) error {
 	}
 	start := time.Now()
 	var last string
-	var lastPrint time.Time
+	var lastPrint, connected time.Time
+	var kube client.Client
 	for {
 		state := func() string {
-			restConfig, err := s.connect(ctx)
-			if err != nil {
-				return err.Error()
-			}
-			kube, err := newKubeClient(restConfig)
-			if err != nil {
-				return err.Error()
+			if kube == nil || time.Since(connected) > 5*time.Minute {
+				restConfig, err := s.connect(ctx)
+				if err == nil {
+					kube, err = newKubeClient(restConfig)
+				}
+				if err != nil {
+					kube = nil
+					return err.Error()
+				}
+				connected = time.Now()
 			}
 			var mc v1alpha1.MetricsCluster
 			if err := kube.Get(ctx, client.ObjectKey{Namespace: cloud.Namespace, Name: name}, &mc); err != nil {
+				kube = nil
 				return err.Error()
 			}
 			return notReady(&mc)
@@ -711,10 +718,11 @@ func kubeStatus(ctx context.Context, out io.Writer, restConfig *rest.Config, nam
 		fmt.Fprintf(out, "%-36s %-5t %s\n", what, ok, detail)
 	}
 	fmt.Fprintf(out, "%-36s %-5s %s\n", "COMPONENT", "OK", "DETAIL")
+	// Another chart than this CLI's is not a fault (an older install, a newer CLI); a failed release is.
 	if diff, err := releaseDiff(restConfig, nil); err != nil {
 		row("helm/"+ControllerRelease, false, err.Error())
 	} else {
-		row("helm/"+ControllerRelease, diff == "", orDash(diff))
+		row("helm/"+ControllerRelease, diff == "" || diff == "another chart (upgrade to this CLI's chart)", orDash(diff))
 	}
 	var mc v1alpha1.MetricsCluster
 	if err := kube.Get(ctx, client.ObjectKey{Namespace: cloud.Namespace, Name: name}, &mc); err != nil {
