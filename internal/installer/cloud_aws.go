@@ -3,6 +3,7 @@ package installer
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -31,8 +32,9 @@ var awsClientsFunc = func(ctx context.Context, region string) (*awscloud.Clients
 	return c, err
 }
 
-// addCloudCommands adds the aws subcommands to create, destroy, list and status.
+// addCloudCommands adds the aws subcommands to create, destroy, list and status, and kube-token.
 func addCloudCommands(root *cobra.Command) {
+	root.AddCommand(newKubeTokenCommand())
 	for _, c := range root.Commands() {
 		switch c.Name() {
 		case "create":
@@ -122,8 +124,9 @@ func awsConnect(c *awscloud.Clients, name string) func(context.Context) (*rest.C
 	}
 }
 
-// writeAWSKubeconfig writes the user's kubeconfig of the EKS cluster. Unlike the installer, kubectl gets its
-// tokens from `aws eks get-token`, as with `aws eks update-kubeconfig`.
+// writeAWSKubeconfig writes the user's kubeconfig of the EKS cluster. kubectl gets its tokens from this
+// binary (`opstrace kube-token aws NAME`), which signs them with the AWS credentials as `aws eks get-token`
+// does, so no aws CLI is needed; the kubeconfig names the binary by its absolute path.
 func writeAWSKubeconfig(ctx context.Context, c *awscloud.Clients, name string) (string, error) {
 	access, err := awscloud.Access(ctx, c, name)
 	if err != nil {
@@ -133,8 +136,49 @@ func writeAWSKubeconfig(ctx context.Context, c *awscloud.Clients, name string) (
 	if err != nil {
 		return "", err
 	}
-	return path, writeExecKubeconfig(path, name, access.Endpoint, access.CA, "aws",
-		[]string{"eks", "get-token", "--cluster-name", name, "--region", c.Region, "--output", "json"})
+	self, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find this binary for the kubeconfig's token command: %w", err)
+	}
+	return path, writeExecKubeconfig(path, name, access.Endpoint, access.CA, self,
+		[]string{"kube-token", "aws", name, "--region", c.Region})
+}
+
+// newKubeTokenCommand prints a Kubernetes ExecCredential with a bearer token for a cloud cluster's API
+// server: the exec credential plugin of the kubeconfig that create writes.
+func newKubeTokenCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "kube-token",
+		Short: "Print a token for a cloud cluster's Kubernetes API (the kubeconfig's credential plugin)",
+	}
+	var region string
+	aws := &cobra.Command{
+		Use:   "aws NAME",
+		Short: "Print an EKS token signed with your AWS credentials, as `aws eks get-token` does",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := cloud.ValidateName(args[0]); err != nil {
+				return err
+			}
+			c, err := awsClientsFunc(cmd.Context(), region)
+			if err != nil {
+				return err
+			}
+			token, err := awscloud.EKSToken(cmd.Context(), c.STS, args[0])
+			if err != nil {
+				return err
+			}
+			// EKS accepts a token for 15 minutes; kubectl asks again a minute before.
+			expires := time.Now().Add(awscloud.EKSTokenLifetime - time.Minute).UTC()
+			return json.NewEncoder(cmd.OutOrStdout()).Encode(map[string]any{
+				"kind": "ExecCredential", "apiVersion": "client.authentication.k8s.io/v1beta1", "spec": map[string]any{},
+				"status": map[string]any{"token": token, "expirationTimestamp": expires.Format(time.RFC3339)},
+			})
+		},
+	}
+	aws.Flags().StringVar(&region, "region", config.DefaultAWSRegion, "AWS region of the cluster")
+	cmd.AddCommand(aws)
+	return cmd
 }
 
 // awsSteps are the cloud steps and the Kubernetes step of an AWS install. out receives the Kubernetes
@@ -183,7 +227,7 @@ func newCreateAWSCommand() *cobra.Command {
 		Short: "Create an Opstrace cluster in your AWS account: buckets, network, IAM roles, EKS, the controller",
 		Long: "Plans first (what is created, in which order, after what), asks, then creates the resources in parallel.\n" +
 			"Running it again after an interruption resumes where it stopped. Credentials: the default AWS chain\n" +
-			"(environment, ~/.aws with AWS_PROFILE, SSO). The kubeconfig it writes uses `aws eks get-token`.",
+			"(environment, ~/.aws with AWS_PROFILE, SSO). No aws CLI is needed, for the kubeconfig either.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
@@ -206,7 +250,7 @@ func newCreateAWSCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Kubeconfig: %s (kubectl gets tokens from `aws eks get-token`)\nStatus:     %s status aws %s --region %s\n",
+			fmt.Fprintf(cmd.OutOrStdout(), "Kubeconfig: %s (kubectl gets its tokens from this binary)\nStatus:     %s status aws %s --region %s\n",
 				path, selfCommand(), name, cfg.AWS.Region)
 			return nil
 		},

@@ -3,11 +3,17 @@ package installer
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	corev1 "k8s.io/api/core/v1"
+	clientauthv1beta1 "k8s.io/client-go/pkg/apis/clientauthentication/v1beta1"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
 	awscloud "github.com/opstrace/opstrace/internal/installer/cloud/aws"
@@ -118,5 +124,31 @@ func testWorkload(cfg config.Config) cloudWorkload {
 		LogsBucket:      "opstrace-prod-logs",
 		ServiceAccounts: serviceAccountsFor(awsRoleAnnotation, testCortexRole, testLokiRole),
 		StorageClass:    awsStorageClass(),
+	}
+}
+
+// The kubeconfig's credential plugin prints an ExecCredential that client-go reads, with a token signed by
+// the SDK's real presigner from the AWS credentials (static ones here; nothing is sent).
+func TestKubeTokenAWSPrintsAnExecCredential(t *testing.T) {
+	saved := awsClientsFunc
+	t.Cleanup(func() { awsClientsFunc = saved })
+	awsClientsFunc = func(_ context.Context, region string) (*awscloud.Clients, error) {
+		return &awscloud.Clients{Region: region, STS: sts.NewPresignClient(sts.New(sts.Options{Region: region,
+			Credentials: credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "secret", "")}))}, nil
+	}
+	out, err := runCLI(t, "", "kube-token", "aws", "prod", "--region", "eu-west-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cred clientauthv1beta1.ExecCredential
+	if err := json.Unmarshal([]byte(out), &cred); err != nil {
+		t.Fatalf("%v:\n%s", err, out)
+	}
+	if cred.Kind != "ExecCredential" || cred.APIVersion != "client.authentication.k8s.io/v1beta1" || cred.Status == nil ||
+		!strings.HasPrefix(cred.Status.Token, "k8s-aws-v1.") || cred.Status.ExpirationTimestamp == nil {
+		t.Fatalf("ExecCredential %+v", cred)
+	}
+	if left := time.Until(cred.Status.ExpirationTimestamp.Time); left < 13*time.Minute || left > 14*time.Minute {
+		t.Errorf("token expires in %s, want 14 minutes (EKS accepts it for 15)", left)
 	}
 }
