@@ -18,6 +18,7 @@ import (
 
 	opstracev1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
 	"github.com/opstrace/opstrace/controllers"
+	"github.com/opstrace/opstrace/internal/storageprobe"
 	"github.com/opstrace/opstrace/internal/version"
 )
 
@@ -61,7 +62,8 @@ func main() {
 	}
 	if err := (&controllers.MetricsClusterReconciler{
 		Client: mgr.GetClient(), Scheme: mgr.GetScheme(), RESTMapper: mgr.GetRESTMapper(), GatewayImage: gatewayImage,
-		Ring: controllers.HTTPRingReader{Client: &http.Client{Timeout: 10 * time.Second}},
+		Ring:         controllers.HTTPRingReader{Client: &http.Client{Timeout: 10 * time.Second}},
+		StorageProbe: storageprobe.New(),
 	}).SetupWithManager(mgr); err != nil {
 		log.Error(err, "unable to set up the MetricsCluster controller")
 		os.Exit(1)
