@@ -296,6 +296,9 @@ func TestLokiWorkloadsPerTopology(t *testing.T) {
 		for _, name := range []string{"metrics-loki-distributor", "metrics-loki-querier", "metrics-loki-query-frontend"} {
 			find[*appsv1.Deployment](t, objects, name)
 		}
+		if !find[*corev1.Service](t, objects, "metrics-loki-query-frontend-headless").Spec.PublishNotReadyAddresses {
+			t.Error("queriers cannot find a query-frontend that is not ready yet, and it is not ready until they connect")
+		}
 		ring := find[*corev1.Service](t, objects, "metrics-loki-gossip-ring")
 		if !ring.Spec.PublishNotReadyAddresses || ring.Spec.Selector[LabelName] != AppLoki {
 			t.Errorf("gossip ring Service %+v", ring.Spec)

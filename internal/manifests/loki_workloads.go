@@ -409,6 +409,9 @@ func buildLokiServices(opts BuildOptions) []client.Object {
 			ObjectMeta: headless,
 			Spec: corev1.ServiceSpec{
 				Type: corev1.ServiceTypeClusterIP, ClusterIP: corev1.ClusterIPNone, Selector: selector, Ports: ports,
+				// A query-frontend is ready only once a querier has connected, and queriers find it through
+				// this Service: publishing only ready addresses would keep both waiting for ever.
+				PublishNotReadyAddresses: component == LokiComponentQueryFrontend,
 			},
 		})
 	}
