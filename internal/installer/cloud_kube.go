@@ -200,7 +200,7 @@ func (s *kubeStep) DependsOn() []string { return s.deps }
 type kubeState struct {
 	// Absent says why there is no cluster to look at yet ("" when there is one).
 	Absent string
-	// Unreachable is why the API server did not answer ("" when it did).
+	// Unreachable is why the API server could not be used: no answer, or the credentials refused ("" when it could).
 	Unreachable string
 	// Release: "" when the Helm release is as desired, else what differs.
 	Release string
@@ -227,7 +227,7 @@ func (s *kubeStep) Observe(ctx context.Context) (plan.Observation, error) {
 	}
 	// The objects of destroy first: they need only the API server.
 	if st.MetricsClusters, st.LoadBalancers, err = inClusterLoadBalancing(ctx, kube); err != nil {
-		if isUnreachable(err) {
+		if isUnreachable(err) || apierrors.IsForbidden(err) {
 			return plan.Observation{Exists: true, Detail: kubeState{Unreachable: err.Error()}}, nil
 		}
 		return plan.Observation{}, err
@@ -283,7 +283,7 @@ func (s *kubeStep) Plan(obs plan.Observation) plan.Change {
 	case st.Absent != "":
 		return plan.Change{Action: plan.Create, Diff: everything, Desired: st}
 	case st.Unreachable != "":
-		return plan.Change{Action: plan.Update, Diff: append([]string{"the API server did not answer (" + st.Unreachable + "); apply all of:"}, everything...), Desired: st}
+		return plan.Change{Action: plan.Update, Diff: append([]string{"the API server could not be used (" + st.Unreachable + "); apply all of:"}, everything...), Desired: st}
 	}
 	var diff []string
 	if st.Release != "" {
@@ -330,7 +330,7 @@ func (s *kubeStep) PlanDestroy(obs plan.Observation) plan.Change {
 
 // skippedDrain says what destroy could not do for an unreachable cluster, and what it means.
 func skippedDrain(why string) string {
-	return "the Kubernetes API did not answer (" + why + "): MetricsClusters and LoadBalancer Services were not deleted; " +
+	return "the Kubernetes API could not be used (" + why + "): MetricsClusters and LoadBalancer Services were not deleted; " +
 		"load balancers and security groups the cluster made may remain and keep the network from being deleted — " +
 		"delete them in the cloud console (they name the cluster in their tags) and run destroy again"
 }

@@ -442,9 +442,26 @@ func testDestroyDrainsLoadBalancers(t *testing.T, env *testenv.Env, step *kubeSt
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := p[0].Change; c.Action != plan.NoOp || len(c.Diff) != 1 || !strings.HasPrefix(c.Diff[0], "SKIPPED: the Kubernetes API did not answer") ||
+	if c := p[0].Change; c.Action != plan.NoOp || len(c.Diff) != 1 || !strings.HasPrefix(c.Diff[0], "SKIPPED: the Kubernetes API could not be used") ||
 		!strings.Contains(c.Diff[0], "load balancers and security groups the cluster made may remain") {
 		t.Errorf("destroy of an unreachable cluster: %s %q", c.Action, c.Diff)
+	}
+
+	// Credentials the API server does not accept (another AWS principal than the cluster's admins): the
+	// same, with the API server's answer.
+	stranger := &kubeStep{
+		connect: func(context.Context) (*rest.Config, error) {
+			return &rest.Config{Host: env.Config.Host, TLSClientConfig: rest.TLSClientConfig{CAData: env.Config.CAData}, BearerToken: "not-a-token"}, nil
+		},
+		workload: gone.workload,
+	}
+	rev, _ = plan.Reverse([]plan.Step{stranger})
+	if p, err = plan.Preview(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	if c := p[0].Change; c.Action != plan.NoOp || len(c.Diff) != 1 || !strings.HasPrefix(c.Diff[0], "SKIPPED: the Kubernetes API could not be used (") ||
+		!strings.Contains(c.Diff[0], "the server has asked for the client to provide credentials") {
+		t.Errorf("destroy with credentials the cluster refuses: %s %q", c.Action, c.Diff)
 	}
 }
 
