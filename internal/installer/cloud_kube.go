@@ -442,6 +442,9 @@ func notReady(mc *v1alpha1.MetricsCluster) string {
 	if len(mc.Status.Conditions) == 0 {
 		return "the controller has not reported a status yet (is it running? kubectl -n " + ControllerNamespace + " get pods)"
 	}
+	if mc.Status.ObservedGeneration < mc.Generation {
+		return fmt.Sprintf("the controller has not reported on the latest spec yet (generation %d, status of %d)", mc.Generation, mc.Status.ObservedGeneration)
+	}
 	var parts []string
 	for _, c := range mc.Status.Conditions {
 		switch {

@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clientauthv1beta1 "k8s.io/client-go/pkg/apis/clientauthentication/v1beta1"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
@@ -150,5 +151,37 @@ func TestKubeTokenAWSPrintsAnExecCredential(t *testing.T) {
 	}
 	if left := time.Until(cred.Status.ExpirationTimestamp.Time); left < 13*time.Minute || left > 14*time.Minute {
 		t.Errorf("token expires in %s, want 14 minutes (EKS accepts it for 15)", left)
+	}
+}
+
+func TestNotReadyNamesWhatIsNotReady(t *testing.T) {
+	cond := func(kind string, status metav1.ConditionStatus, message string) metav1.Condition {
+		return metav1.Condition{Type: kind, Status: status, Message: message}
+	}
+	for _, tc := range []struct {
+		name       string
+		generation int64
+		status     v1alpha1.MetricsClusterStatus
+		want       string
+	}{
+		{"no status", 1, v1alpha1.MetricsClusterStatus{}, "the controller has not reported a status yet (is it running? kubectl -n opstrace-system get pods)"},
+		{"ready", 2, v1alpha1.MetricsClusterStatus{ObservedGeneration: 2, Conditions: []metav1.Condition{
+			cond("Ready", metav1.ConditionTrue, "all ready"), cond("Progressing", metav1.ConditionFalse, "")}}, ""},
+		{"ready for an older spec", 3, v1alpha1.MetricsClusterStatus{ObservedGeneration: 2, Conditions: []metav1.Condition{
+			cond("Ready", metav1.ConditionTrue, "all ready")}}, "the controller has not reported on the latest spec yet (generation 3, status of 2)"},
+		{"components and degraded", 1, v1alpha1.MetricsClusterStatus{ObservedGeneration: 1, Conditions: []metav1.Condition{
+			cond("Ready", metav1.ConditionFalse, "2 not ready"), cond("Progressing", metav1.ConditionTrue, "rolling out"),
+			cond("Degraded", metav1.ConditionTrue, "Secret s3-credentials is missing"),
+			cond("IngesterReady", metav1.ConditionFalse, "1/3 ready"), cond("QuerierReady", metav1.ConditionTrue, "2/2 ready"),
+			cond("LokiReady", metav1.ConditionUnknown, "no pods yet")}},
+			"Degraded: Secret s3-credentials is missing; IngesterReady: 1/3 ready; LokiReady: no pods yet"},
+		{"only Ready false", 1, v1alpha1.MetricsClusterStatus{ObservedGeneration: 1, Conditions: []metav1.Condition{
+			cond("Ready", metav1.ConditionFalse, "the gateway has no certificate yet")}}, "Ready: the gateway has no certificate yet"},
+	} {
+		mc := &v1alpha1.MetricsCluster{Status: tc.status}
+		mc.Generation = tc.generation
+		if got := notReady(mc); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
 	}
 }
