@@ -183,7 +183,7 @@ type kubeStep struct {
 	connect func(ctx context.Context) (*rest.Config, error)
 	// workload is what the objects need from the cloud steps; plan.NotFound while it does not exist yet.
 	workload func(ctx context.Context) (cloudWorkload, error)
-	// out receives the progress of the waits; Interval is their poll interval (2 s when zero).
+	// out receives the progress of the waits; interval is their poll interval (2 s when zero).
 	out      io.Writer
 	interval time.Duration
 	// readyTimeout bounds the wait for the MetricsCluster to be Ready (20 minutes when zero), and
