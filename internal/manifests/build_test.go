@@ -347,6 +347,14 @@ func TestMicroservicesWorkloads(t *testing.T) {
 		}
 	}
 
+	// A query-frontend is ready only once a querier connected, and queriers find it through its headless Service.
+	for _, component := range []string{ComponentQueryFrontend, ComponentQuerier, ComponentIngester} {
+		headless := find[*corev1.Service](t, objects, HeadlessServiceName("metrics", component))
+		if want := component == ComponentQueryFrontend; headless.Spec.PublishNotReadyAddresses != want {
+			t.Errorf("%s headless Service: publishNotReadyAddresses %v, want %v", component, headless.Spec.PublishNotReadyAddresses, want)
+		}
+	}
+
 	gossip := find[*corev1.Service](t, objects, GossipRingServiceName("metrics"))
 	if gossip.Spec.ClusterIP != corev1.ClusterIPNone || !gossip.Spec.PublishNotReadyAddresses {
 		t.Errorf("gossip ring: clusterIP %q publishNotReady %v", gossip.Spec.ClusterIP, gossip.Spec.PublishNotReadyAddresses)

@@ -300,6 +300,9 @@ func BuildCortexServices(opts BuildOptions) []client.Object {
 				ClusterIP: corev1.ClusterIPNone,
 				Selector:  selector,
 				Ports:     ports,
+				// Queriers find the query-frontends through this Service, and a query-frontend is not ready
+				// until a querier has connected: listing only ready ones would deadlock the pair.
+				PublishNotReadyAddresses: component == ComponentQueryFrontend,
 			},
 		})
 	}
