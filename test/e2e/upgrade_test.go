@@ -117,9 +117,6 @@ func (u *upgradeCluster) replace(t *testing.T, spec v1alpha1.MetricsClusterSpec)
 	if err := u.crc.Create(ctx, &v1alpha1.MetricsCluster{ObjectMeta: metav1.ObjectMeta{Name: c.name, Namespace: ns}, Spec: spec}); err != nil {
 		t.Fatalf("create MetricsCluster %s: %v", c.name, err)
 	}
-	if spec.Topology == v1alpha1.TopologyMicroservices {
-		publishNotReadyQueryFrontends(t, kube, ns, c.name)
-	}
 	waitRolledOut(t, u.crc, c.name, ns, u.from, 8*time.Minute)
 	t.Logf("topology %s, size %s, Cortex %s: ready after %s", spec.Topology, spec.Size, u.from, time.Since(created).Round(time.Second))
 	c.trustGatewayCA(t, kube, ns)
@@ -363,31 +360,6 @@ func deployMinIO(t *testing.T, kube *kubernetes.Clientset, ns, bucket, accessKey
 		t.Fatal(err)
 	}
 	waitDeployment(t, kube, ns, "minio", 1)
-}
-
-// publishNotReadyQueryFrontends works around a deadlock of the controller's manifests (reported, not owned
-// here): a query-frontend is Ready only once a querier has connected to it, and queriers find query-frontends
-// through their headless Service, which publishes only Ready addresses. The Service needs
-// publishNotReadyAddresses, as the gossip-ring Service has; the controller does not own that field, so it
-// keeps the value set here.
-func publishNotReadyQueryFrontends(t *testing.T, kube *kubernetes.Clientset, ns, cluster string) {
-	t.Helper()
-	name := manifests.HeadlessServiceName(cluster, manifests.ComponentQueryFrontend)
-	eventually(t, 2*time.Minute, "Service "+name+" publishing not-ready addresses", func() error {
-		svc, err := kube.CoreV1().Services(ns).Get(context.Background(), name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		if svc.Spec.PublishNotReadyAddresses {
-			return nil
-		}
-		svc.Spec.PublishNotReadyAddresses = true
-		_, err = kube.CoreV1().Services(ns).Update(context.Background(), svc, metav1.UpdateOptions{})
-		if err == nil {
-			t.Logf("worked around: Service %s had publishNotReadyAddresses false (query-frontends and queriers wait on each other)", name)
-		}
-		return err
-	})
 }
 
 // patchSpec changes the cluster's spec, retrying on conflicts with the controller's status writes.
