@@ -22,7 +22,8 @@ CONTROLLER_GEN := $(BIN)/controller-gen
 # envtest finds kube-apiserver, etcd and kubectl here.
 export KUBEBUILDER_ASSETS := $(BIN)
 
-GO_TEST_FLAGS ?= -count=1
+# The local-cluster e2e (upgrade under load on three ingesters) runs for minutes; go test stops at 10 by default.
+GO_TEST_FLAGS ?= -count=1 -timeout 60m
 
 .PHONY: help
 help: ## Show the targets.
