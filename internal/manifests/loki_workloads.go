@@ -259,15 +259,13 @@ func BuildLoki(opts BuildOptions) []client.Object {
 	return append(objects, buildLokiNetworkPolicy(opts))
 }
 
-// buildLokiStatefulSet is the StatefulSet of a stateful Loki component. Ingesters are updated OnDelete, like
-// Cortex's: the controller replaces them one at a time, after the previous one has replayed its WAL and
-// rejoined the ring.
+// buildLokiStatefulSet is the StatefulSet of a stateful Loki component. Until the upgrade planner orders Loki's
+// components too, ingesters roll with the StatefulSet controller's RollingUpdate: one pod at a time from the
+// highest ordinal, the next only once the previous is Ready (Loki's ingester is Ready only after its WAL replay
+// and ring join). With OnDelete and no planner to delete them, they would never run a new version.
 func buildLokiStatefulSet(opts BuildOptions, component string) *appsv1.StatefulSet {
 	size := lokiSizeOf(opts, component)
 	strategy := appsv1.StatefulSetUpdateStrategy{Type: appsv1.RollingUpdateStatefulSetStrategyType}
-	if component == LokiComponentIngester {
-		strategy = appsv1.StatefulSetUpdateStrategy{Type: appsv1.OnDeleteStatefulSetStrategyType}
-	}
 	claim := corev1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{Name: volumeData, Labels: Labels(opts.ClusterName, component)},
 		Spec: corev1.PersistentVolumeClaimSpec{
