@@ -469,9 +469,16 @@ func days(n int32) string {
 // RuntimeOverrides renders Cortex's runtime configuration: one entry per tenant with every limit resolved
 // (tenant, else defaults, else Builtin*), tenants sorted by ID. Cortex re-reads it every RuntimeConfigPeriod.
 func RuntimeOverrides(defaults v1alpha1.TenantLimits, tenants map[string]v1alpha1.TenantLimits) ([]byte, error) {
+	return renderOverrides("Cortex", overridesTemplate, defaults, tenants, resolveLimits)
+}
+
+// renderOverrides renders an engine's runtime overrides template with one entry per tenant, sorted by ID, each
+// with its limits resolved by resolve, and checks that the result is YAML.
+func renderOverrides[L any](engine string, tmpl *template.Template, defaults v1alpha1.TenantLimits,
+	tenants map[string]v1alpha1.TenantLimits, resolve func(defaults, tenant v1alpha1.TenantLimits) L) ([]byte, error) {
 	type tenantData struct {
 		ID     string
-		Limits resolvedLimits
+		Limits L
 	}
 	ids := make([]string, 0, len(tenants))
 	for id := range tenants {
@@ -486,15 +493,15 @@ func RuntimeOverrides(defaults v1alpha1.TenantLimits, tenants map[string]v1alpha
 		Tenants []tenantData
 	}{Period: RuntimeConfigPeriod}
 	for _, id := range ids {
-		data.Tenants = append(data.Tenants, tenantData{ID: id, Limits: resolveLimits(defaults, tenants[id])})
+		data.Tenants = append(data.Tenants, tenantData{ID: id, Limits: resolve(defaults, tenants[id])})
 	}
 	var out bytes.Buffer
-	if err := overridesTemplate.Execute(&out, data); err != nil {
-		return nil, fmt.Errorf("render Cortex runtime overrides: %w", err)
+	if err := tmpl.Execute(&out, data); err != nil {
+		return nil, fmt.Errorf("render %s runtime overrides: %w", engine, err)
 	}
 	var parsed map[string]any
 	if err := yaml.Unmarshal(out.Bytes(), &parsed); err != nil {
-		return nil, fmt.Errorf("rendered Cortex runtime overrides are not valid YAML: %w", err)
+		return nil, fmt.Errorf("rendered %s runtime overrides are not valid YAML: %w", engine, err)
 	}
 	return out.Bytes(), nil
 }

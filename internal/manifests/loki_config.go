@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path"
-	"sort"
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
@@ -292,32 +291,5 @@ func mebibytes(bytes int64) string {
 // LokiRuntimeOverrides renders Loki's runtime configuration: one entry per tenant with every limit resolved,
 // tenants sorted by ID. Loki re-reads it every RuntimeConfigPeriod, so a new limit restarts nothing.
 func LokiRuntimeOverrides(defaults v1alpha1.TenantLimits, tenants map[string]v1alpha1.TenantLimits) ([]byte, error) {
-	type tenantData struct {
-		ID     string
-		Limits resolvedLokiLimits
-	}
-	ids := make([]string, 0, len(tenants))
-	for id := range tenants {
-		if id == "" {
-			return nil, errors.New("a tenant has an empty ID")
-		}
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	data := struct {
-		Period  string
-		Tenants []tenantData
-	}{Period: RuntimeConfigPeriod}
-	for _, id := range ids {
-		data.Tenants = append(data.Tenants, tenantData{ID: id, Limits: resolveLokiLimits(defaults, tenants[id])})
-	}
-	var out bytes.Buffer
-	if err := lokiOverridesTemplate.Execute(&out, data); err != nil {
-		return nil, fmt.Errorf("render Loki runtime overrides: %w", err)
-	}
-	var parsed map[string]any
-	if err := yaml.Unmarshal(out.Bytes(), &parsed); err != nil {
-		return nil, fmt.Errorf("rendered Loki runtime overrides are not valid YAML: %w", err)
-	}
-	return out.Bytes(), nil
+	return renderOverrides("Loki", lokiOverridesTemplate, defaults, tenants, resolveLokiLimits)
 }
