@@ -265,48 +265,15 @@ func BuildLoki(opts BuildOptions) []client.Object {
 // and ring join). With OnDelete and no planner to delete them, they would never run a new version.
 func buildLokiStatefulSet(opts BuildOptions, component string) *appsv1.StatefulSet {
 	size := lokiSizeOf(opts, component)
-	strategy := appsv1.StatefulSetUpdateStrategy{Type: appsv1.RollingUpdateStatefulSetStrategyType}
-	claim := corev1.PersistentVolumeClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: volumeData, Labels: Labels(opts.ClusterName, component)},
-		Spec: corev1.PersistentVolumeClaimSpec{
-			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			Resources: corev1.VolumeResourceRequirements{
-				Requests: corev1.ResourceList{corev1.ResourceStorage: size.Volume},
-			},
-		},
-	}
-	if fs := opts.Storage.Filesystem; component == LokiComponentAll && opts.Storage.Type == v1alpha1.StorageFilesystem && fs != nil {
-		claim.Spec.StorageClassName = fs.StorageClassName
-	}
-	return &appsv1.StatefulSet{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "StatefulSet"},
-		ObjectMeta: objectMeta(opts, ComponentName(opts.ClusterName, component), component),
-		Spec: appsv1.StatefulSetSpec{
-			Replicas:             ptr.To(size.Replicas),
-			Selector:             &metav1.LabelSelector{MatchLabels: SelectorLabels(opts.ClusterName, component)},
-			ServiceName:          HeadlessServiceName(opts.ClusterName, component),
-			PodManagementPolicy:  appsv1.ParallelPodManagement,
-			UpdateStrategy:       strategy,
-			Template:             lokiPodTemplate(opts, component, size),
-			VolumeClaimTemplates: []corev1.PersistentVolumeClaim{claim},
-		},
-	}
+	return buildStatefulSet(opts, component, size, appsv1.RollingUpdateStatefulSetStrategyType,
+		component == LokiComponentAll, lokiPodTemplate(opts, component, size))
 }
 
 // buildLokiDeployment is the Deployment of a stateless Loki component; its data directory (the queriers'
 // index cache) is an emptyDir.
 func buildLokiDeployment(opts BuildOptions, component string) *appsv1.Deployment {
 	size := lokiSizeOf(opts, component)
-	return &appsv1.Deployment{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
-		ObjectMeta: objectMeta(opts, ComponentName(opts.ClusterName, component), component),
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To(size.Replicas),
-			Selector: &metav1.LabelSelector{MatchLabels: SelectorLabels(opts.ClusterName, component)},
-			Strategy: appsv1.DeploymentStrategy{Type: appsv1.RollingUpdateDeploymentStrategyType},
-			Template: lokiPodTemplate(opts, component, size),
-		},
-	}
+	return buildDeployment(opts, component, size, lokiPodTemplate(opts, component, size))
 }
 
 // lokiPodTemplate is the pod of a Loki component; its container is named after the component. Its

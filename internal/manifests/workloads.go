@@ -78,10 +78,24 @@ func BuildCortexWorkloads(opts BuildOptions) []client.Object {
 // one has flushed and rejoined the ring, which a RollingUpdate cannot wait for.
 func BuildCortexStatefulSet(opts BuildOptions, component string) *appsv1.StatefulSet {
 	size := sizeOf(opts, component)
-	strategy := appsv1.StatefulSetUpdateStrategy{Type: appsv1.RollingUpdateStatefulSetStrategyType}
+	strategy := appsv1.RollingUpdateStatefulSetStrategyType
 	if component == ComponentIngester {
-		strategy = appsv1.StatefulSetUpdateStrategy{Type: appsv1.OnDeleteStatefulSetStrategyType}
+		strategy = appsv1.OnDeleteStatefulSetStrategyType
 	}
+	return buildStatefulSet(opts, component, size, strategy, component == TargetAll, cortexPodTemplate(opts, component, size))
+}
+
+// BuildCortexDeployment is the Deployment of a stateless component; its data directory is an emptyDir.
+func BuildCortexDeployment(opts BuildOptions, component string) *appsv1.Deployment {
+	size := sizeOf(opts, component)
+	return buildDeployment(opts, component, size, cortexPodTemplate(opts, component, size))
+}
+
+// buildStatefulSet is the StatefulSet of a stateful Cortex or Loki component: pods started in parallel, one
+// volume claim template for the data directory. The single process (singleProcess) of a filesystem cluster
+// keeps its blocks or chunks on that volume, so it gets spec.storage.filesystem's storage class.
+func buildStatefulSet(opts BuildOptions, component string, size componentSize, strategy appsv1.StatefulSetUpdateStrategyType,
+	singleProcess bool, template corev1.PodTemplateSpec) *appsv1.StatefulSet {
 	claim := corev1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{Name: volumeData, Labels: Labels(opts.ClusterName, component)},
 		Spec: corev1.PersistentVolumeClaimSpec{
@@ -91,7 +105,7 @@ func BuildCortexStatefulSet(opts BuildOptions, component string) *appsv1.Statefu
 			},
 		},
 	}
-	if fs := opts.Storage.Filesystem; component == TargetAll && opts.Storage.Type == v1alpha1.StorageFilesystem && fs != nil {
+	if fs := opts.Storage.Filesystem; singleProcess && opts.Storage.Type == v1alpha1.StorageFilesystem && fs != nil {
 		claim.Spec.StorageClassName = fs.StorageClassName
 	}
 	return &appsv1.StatefulSet{
@@ -102,16 +116,15 @@ func BuildCortexStatefulSet(opts BuildOptions, component string) *appsv1.Statefu
 			Selector:             &metav1.LabelSelector{MatchLabels: SelectorLabels(opts.ClusterName, component)},
 			ServiceName:          HeadlessServiceName(opts.ClusterName, component),
 			PodManagementPolicy:  appsv1.ParallelPodManagement,
-			UpdateStrategy:       strategy,
-			Template:             cortexPodTemplate(opts, component, size),
+			UpdateStrategy:       appsv1.StatefulSetUpdateStrategy{Type: strategy},
+			Template:             template,
 			VolumeClaimTemplates: []corev1.PersistentVolumeClaim{claim},
 		},
 	}
 }
 
-// BuildCortexDeployment is the Deployment of a stateless component; its data directory is an emptyDir.
-func BuildCortexDeployment(opts BuildOptions, component string) *appsv1.Deployment {
-	size := sizeOf(opts, component)
+// buildDeployment is the Deployment of a stateless Cortex or Loki component, rolled by Kubernetes.
+func buildDeployment(opts BuildOptions, component string, size componentSize, template corev1.PodTemplateSpec) *appsv1.Deployment {
 	return &appsv1.Deployment{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
 		ObjectMeta: objectMeta(opts, ComponentName(opts.ClusterName, component), component),
@@ -119,7 +132,7 @@ func BuildCortexDeployment(opts BuildOptions, component string) *appsv1.Deployme
 			Replicas: ptr.To(size.Replicas),
 			Selector: &metav1.LabelSelector{MatchLabels: SelectorLabels(opts.ClusterName, component)},
 			Strategy: appsv1.DeploymentStrategy{Type: appsv1.RollingUpdateDeploymentStrategyType},
-			Template: cortexPodTemplate(opts, component, size),
+			Template: template,
 		},
 	}
 }
