@@ -431,40 +431,7 @@ func newStatusAWSCommand() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(out, "AWS cluster %s in %s; config: %s\n\n", name, region, source)
-			preview, err := plan.Preview(ctx, awscloud.Steps(c, name, cfg))
-			if err != nil {
-				return err
-			}
-			healthy := true
-			w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "RESOURCE\tSTATE")
-			for _, p := range preview {
-				state := "ok"
-				if p.Change.Action != plan.NoOp {
-					healthy = false
-					state = "needs " + p.Change.Action.String() + ": " + strings.Join(p.Change.Diff, "; ")
-				}
-				fmt.Fprintf(w, "%s\t%s\n", p.Name, state)
-			}
-			if err := w.Flush(); err != nil {
-				return err
-			}
-			fmt.Fprintln(out)
-			restConfig, err := connect(ctx)
-			if err != nil {
-				fmt.Fprintf(out, "Kubernetes: not reachable: %v\n", err)
-				healthy = false
-			} else {
-				ok, err := kubeStatus(ctx, out, restConfig, name)
-				if err != nil {
-					return err
-				}
-				healthy = healthy && ok
-			}
-			if !healthy {
-				return fmt.Errorf("AWS cluster %s is not healthy (above); run create aws %s again to converge what it made", name, name)
-			}
-			return nil
+			return printCloudStatus(ctx, out, "aws", name, awscloud.Steps(c, name, cfg), connect)
 		},
 	}
 	cmd.Flags().StringVar(&region, "region", config.DefaultAWSRegion, "AWS region of the cluster")

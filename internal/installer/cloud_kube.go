@@ -24,6 +24,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"helm.sh/helm/v3/pkg/action"
@@ -845,4 +846,45 @@ func serviceAccountsFor(key, cortex, loki string) v1alpha1.ServiceAccountsSpec {
 		Cortex: v1alpha1.ServiceAccountSettings{Annotations: map[string]string{key: cortex}},
 		Loki:   v1alpha1.ServiceAccountSettings{Annotations: map[string]string{key: loki}},
 	}
+}
+
+// printCloudStatus prints whether each cloud resource of the cluster is as a create would leave it, then the
+// cluster's Kubernetes side, and fails when anything is not healthy. provider is aws or gcp.
+func printCloudStatus(ctx context.Context, out io.Writer, provider, name string, steps []plan.Step,
+	connect func(context.Context) (*rest.Config, error)) error {
+	preview, err := plan.Preview(ctx, steps)
+	if err != nil {
+		return err
+	}
+	healthy := true
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "RESOURCE\tSTATE")
+	for _, p := range preview {
+		state := "ok"
+		if p.Change.Action != plan.NoOp {
+			healthy = false
+			state = "needs " + p.Change.Action.String() + ": " + strings.Join(p.Change.Diff, "; ")
+		}
+		fmt.Fprintf(w, "%s\t%s\n", p.Name, state)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(out)
+	restConfig, err := connect(ctx)
+	if err != nil {
+		fmt.Fprintf(out, "Kubernetes: not reachable: %v\n", err)
+		healthy = false
+	} else {
+		ok, err := kubeStatus(ctx, out, restConfig, name)
+		if err != nil {
+			return err
+		}
+		healthy = healthy && ok
+	}
+	if !healthy {
+		return fmt.Errorf("%s cluster %s is not healthy (above); run create %s %s again to converge what it made",
+			strings.ToUpper(provider), name, provider, name)
+	}
+	return nil
 }
