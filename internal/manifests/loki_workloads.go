@@ -3,7 +3,6 @@ package manifests
 import (
 	"errors"
 	"maps"
-	"path"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -285,38 +284,13 @@ func lokiPodTemplate(opts BuildOptions, component string, size componentSize) co
 	if component == LokiComponentIngester || component == LokiComponentAll {
 		grace = IngesterTerminationGracePeriodSeconds
 	}
-	ports := []corev1.ContainerPort{
-		{Name: PortHTTP, ContainerPort: int32(loki.HTTPPort), Protocol: corev1.ProtocolTCP},
-		{Name: PortGRPC, ContainerPort: int32(loki.GRPCPort), Protocol: corev1.ProtocolTCP},
-	}
-	if opts.Topology == v1alpha1.TopologyMicroservices {
-		ports = append(ports, corev1.ContainerPort{Name: PortGossip, ContainerPort: int32(loki.GossipPort), Protocol: corev1.ProtocolTCP})
-	}
-	mounts := []corev1.VolumeMount{
-		{Name: volumeConfig, MountPath: path.Dir(loki.ConfigFile), ReadOnly: true},
-		{Name: volumeRuntime, MountPath: path.Dir(loki.RuntimeConfigFile), ReadOnly: true},
-		{Name: volumeData, MountPath: loki.DataDir},
-		{Name: volumeTmp, MountPath: "/tmp"},
-	}
-	volumes := []corev1.Volume{
-		configMapVolume(volumeConfig, LokiConfigMapName(opts.ClusterName), LokiConfigKey, path.Base(loki.ConfigFile)),
-		configMapVolume(volumeRuntime, LokiRuntimeConfigMapName(opts.ClusterName), LokiRuntimeConfigKey, path.Base(loki.RuntimeConfigFile)),
-	}
-	if !lokiStateful(component) {
-		volumes = append(volumes, corev1.Volume{Name: volumeData, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
-	}
-	volumes = append(volumes, corev1.Volume{Name: volumeTmp, VolumeSource: corev1.VolumeSource{
-		EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: ptr.To(resource.MustParse("256Mi"))},
-	}})
-	if gcs := opts.Storage.GCS; opts.Storage.Type == v1alpha1.StorageGCS && gcs != nil && gcs.CredentialsSecret != nil {
-		mounts = append(mounts, corev1.VolumeMount{Name: volumeGCSCredentials, MountPath: path.Dir(GCSCredentialsFile), ReadOnly: true})
-		volumes = append(volumes, corev1.Volume{Name: volumeGCSCredentials, VolumeSource: corev1.VolumeSource{
-			Secret: &corev1.SecretVolumeSource{
-				SecretName: gcs.CredentialsSecret.Name,
-				Items:      []corev1.KeyToPath{{Key: gcsCredentialsKey, Path: path.Base(GCSCredentialsFile)}},
-			},
-		}})
-	}
+	ports, mounts, volumes := engineFiles(opts, engineLayout{
+		HTTPPort: loki.HTTPPort, GRPCPort: loki.GRPCPort, GossipPort: loki.GossipPort,
+		ConfigFile: loki.ConfigFile, RuntimeConfigFile: loki.RuntimeConfigFile, DataDir: loki.DataDir,
+		ConfigMap: LokiConfigMapName(opts.ClusterName), ConfigKey: LokiConfigKey,
+		RuntimeConfigMap: LokiRuntimeConfigMapName(opts.ClusterName), RuntimeConfigKey: LokiRuntimeConfigKey,
+		Stateful: lokiStateful(component),
+	})
 	return withTemplateHash(corev1.PodTemplateSpec{
 		ObjectMeta: metav1.ObjectMeta{
 			Labels:      Labels(opts.ClusterName, component),

@@ -168,39 +168,13 @@ func cortexPodTemplate(opts BuildOptions, component string, size componentSize) 
 	if component == ComponentIngester || component == TargetAll {
 		grace = IngesterTerminationGracePeriodSeconds
 	}
-	ports := []corev1.ContainerPort{
-		{Name: PortHTTP, ContainerPort: int32(opts.HTTPPort), Protocol: corev1.ProtocolTCP},
-		{Name: PortGRPC, ContainerPort: int32(opts.GRPCPort), Protocol: corev1.ProtocolTCP},
-	}
-	if opts.Topology == v1alpha1.TopologyMicroservices {
-		// The single process keeps its rings in memory and does not gossip.
-		ports = append(ports, corev1.ContainerPort{Name: PortGossip, ContainerPort: int32(opts.GossipPort), Protocol: corev1.ProtocolTCP})
-	}
-	mounts := []corev1.VolumeMount{
-		{Name: volumeConfig, MountPath: path.Dir(opts.ConfigFile), ReadOnly: true},
-		{Name: volumeRuntime, MountPath: path.Dir(opts.RuntimeConfigFile), ReadOnly: true},
-		{Name: volumeData, MountPath: opts.DataDir},
-		{Name: volumeTmp, MountPath: "/tmp"},
-	}
-	volumes := []corev1.Volume{
-		configMapVolume(volumeConfig, CortexConfigMapName(opts.ClusterName), CortexConfigKey, path.Base(opts.ConfigFile)),
-		configMapVolume(volumeRuntime, RuntimeConfigMapName(opts.ClusterName), RuntimeConfigKey, path.Base(opts.RuntimeConfigFile)),
-	}
-	if !stateful(component) {
-		volumes = append(volumes, corev1.Volume{Name: volumeData, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
-	}
-	volumes = append(volumes, corev1.Volume{Name: volumeTmp, VolumeSource: corev1.VolumeSource{
-		EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: ptr.To(resource.MustParse("256Mi"))},
-	}})
-	if gcs := opts.Storage.GCS; opts.Storage.Type == v1alpha1.StorageGCS && gcs != nil && gcs.CredentialsSecret != nil {
-		mounts = append(mounts, corev1.VolumeMount{Name: volumeGCSCredentials, MountPath: path.Dir(GCSCredentialsFile), ReadOnly: true})
-		volumes = append(volumes, corev1.Volume{Name: volumeGCSCredentials, VolumeSource: corev1.VolumeSource{
-			Secret: &corev1.SecretVolumeSource{
-				SecretName: gcs.CredentialsSecret.Name,
-				Items:      []corev1.KeyToPath{{Key: gcsCredentialsKey, Path: path.Base(GCSCredentialsFile)}},
-			},
-		}})
-	}
+	ports, mounts, volumes := engineFiles(opts, engineLayout{
+		HTTPPort: opts.HTTPPort, GRPCPort: opts.GRPCPort, GossipPort: opts.GossipPort,
+		ConfigFile: opts.ConfigFile, RuntimeConfigFile: opts.RuntimeConfigFile, DataDir: opts.DataDir,
+		ConfigMap: CortexConfigMapName(opts.ClusterName), ConfigKey: CortexConfigKey,
+		RuntimeConfigMap: RuntimeConfigMapName(opts.ClusterName), RuntimeConfigKey: RuntimeConfigKey,
+		Stateful: stateful(component),
+	})
 	annotations := map[string]string{ConfigHashAnnotation: ConfigHash(opts.CortexConfig)}
 	if tls := opts.TLS; tls != nil {
 		mounts = append(mounts, corev1.VolumeMount{Name: volumeCortexTLS, MountPath: tls.Dir, ReadOnly: true})
@@ -411,4 +385,53 @@ func BuildCortexNetworkPolicy(opts BuildOptions) client.Object {
 			},
 		},
 	}
+}
+
+// engineLayout is what a Cortex or Loki pod takes from its engine's settings: its ports, where its
+// configuration files come from and go, and whether its data directory is a volume claim.
+type engineLayout struct {
+	HTTPPort, GRPCPort, GossipPort                           int
+	ConfigFile, RuntimeConfigFile, DataDir                   string
+	ConfigMap, ConfigKey, RuntimeConfigMap, RuntimeConfigKey string
+	Stateful                                                 bool
+}
+
+// engineFiles are the container ports, mounts and volumes of a Cortex or Loki pod: both ConfigMaps, the data
+// directory (an emptyDir unless the component is stateful), a bounded /tmp, and the GCS key when the storage
+// uses one. Only topology microservices gossips.
+func engineFiles(opts BuildOptions, l engineLayout) ([]corev1.ContainerPort, []corev1.VolumeMount, []corev1.Volume) {
+	ports := []corev1.ContainerPort{
+		{Name: PortHTTP, ContainerPort: int32(l.HTTPPort), Protocol: corev1.ProtocolTCP},
+		{Name: PortGRPC, ContainerPort: int32(l.GRPCPort), Protocol: corev1.ProtocolTCP},
+	}
+	if opts.Topology == v1alpha1.TopologyMicroservices {
+		// The single process keeps its rings in memory and does not gossip.
+		ports = append(ports, corev1.ContainerPort{Name: PortGossip, ContainerPort: int32(l.GossipPort), Protocol: corev1.ProtocolTCP})
+	}
+	mounts := []corev1.VolumeMount{
+		{Name: volumeConfig, MountPath: path.Dir(l.ConfigFile), ReadOnly: true},
+		{Name: volumeRuntime, MountPath: path.Dir(l.RuntimeConfigFile), ReadOnly: true},
+		{Name: volumeData, MountPath: l.DataDir},
+		{Name: volumeTmp, MountPath: "/tmp"},
+	}
+	volumes := []corev1.Volume{
+		configMapVolume(volumeConfig, l.ConfigMap, l.ConfigKey, path.Base(l.ConfigFile)),
+		configMapVolume(volumeRuntime, l.RuntimeConfigMap, l.RuntimeConfigKey, path.Base(l.RuntimeConfigFile)),
+	}
+	if !l.Stateful {
+		volumes = append(volumes, corev1.Volume{Name: volumeData, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+	}
+	volumes = append(volumes, corev1.Volume{Name: volumeTmp, VolumeSource: corev1.VolumeSource{
+		EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: ptr.To(resource.MustParse("256Mi"))},
+	}})
+	if gcs := opts.Storage.GCS; opts.Storage.Type == v1alpha1.StorageGCS && gcs != nil && gcs.CredentialsSecret != nil {
+		mounts = append(mounts, corev1.VolumeMount{Name: volumeGCSCredentials, MountPath: path.Dir(GCSCredentialsFile), ReadOnly: true})
+		volumes = append(volumes, corev1.Volume{Name: volumeGCSCredentials, VolumeSource: corev1.VolumeSource{
+			Secret: &corev1.SecretVolumeSource{
+				SecretName: gcs.CredentialsSecret.Name,
+				Items:      []corev1.KeyToPath{{Key: gcsCredentialsKey, Path: path.Base(GCSCredentialsFile)}},
+			},
+		}})
+	}
+	return ports, mounts, volumes
 }
