@@ -286,8 +286,8 @@ func TestLokiWorkloadsPerTopology(t *testing.T) {
 	t.Run("microservices", func(t *testing.T) {
 		objects := buildAll(t, lokiBuildOptions(v1alpha1.TopologyMicroservices, v1alpha1.SizeSmall, lokiS3Storage))
 		ingester := find[*appsv1.StatefulSet](t, objects, "metrics-loki-ingester")
-		if ingester.Spec.UpdateStrategy.Type != appsv1.RollingUpdateStatefulSetStrategyType || *ingester.Spec.Replicas != 3 {
-			t.Errorf("ingester strategy %s replicas %d, want RollingUpdate and 3", ingester.Spec.UpdateStrategy.Type, *ingester.Spec.Replicas)
+		if ingester.Spec.UpdateStrategy.Type != appsv1.OnDeleteStatefulSetStrategyType || *ingester.Spec.Replicas != 3 {
+			t.Errorf("ingester strategy %s replicas %d, want OnDelete and 3", ingester.Spec.UpdateStrategy.Type, *ingester.Spec.Replicas)
 		}
 		if c := ingester.Spec.Template.Spec.Containers[0]; c.Name != LokiComponentIngester || !contains(c.Args, "-target=ingester") {
 			t.Errorf("ingester container %s args %v", c.Name, c.Args)

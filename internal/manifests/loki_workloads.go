@@ -258,14 +258,18 @@ func BuildLoki(opts BuildOptions) []client.Object {
 	return append(objects, buildLokiNetworkPolicy(opts))
 }
 
-// buildLokiStatefulSet is the StatefulSet of a stateful Loki component. Until the upgrade planner orders Loki's
-// components too, ingesters roll with the StatefulSet controller's RollingUpdate: one pod at a time from the
-// highest ordinal, the next only once the previous is Ready (Loki's ingester is Ready only after its WAL replay
-// and ring join). With OnDelete and no planner to delete them, they would never run a new version.
+// buildLokiStatefulSet is the StatefulSet of a stateful Loki component. Ingesters are updated OnDelete, like
+// Cortex's: the controller's upgrade planner (internal/upgrade) replaces them one at a time, each only once
+// every Loki ingester is Ready and ACTIVE in the ring as the Loki distributors see it. A RollingUpdate would
+// wait for Ready only, and Ready does not say that the distributors see the ingester ACTIVE yet. The compactor
+// and the single process roll themselves (RollingUpdate, one replica), once the planner applies their template.
 func buildLokiStatefulSet(opts BuildOptions, component string) *appsv1.StatefulSet {
 	size := lokiSizeOf(opts, component)
-	return buildStatefulSet(opts, component, size, appsv1.RollingUpdateStatefulSetStrategyType,
-		component == LokiComponentAll, lokiPodTemplate(opts, component, size))
+	strategy := appsv1.RollingUpdateStatefulSetStrategyType
+	if component == LokiComponentIngester {
+		strategy = appsv1.OnDeleteStatefulSetStrategyType
+	}
+	return buildStatefulSet(opts, component, size, strategy, component == LokiComponentAll, lokiPodTemplate(opts, component, size))
 }
 
 // buildLokiDeployment is the Deployment of a stateless Loki component; its data directory (the queriers'
