@@ -2,10 +2,11 @@ package upgrade
 
 import (
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
-	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
 	"github.com/opstrace/opstrace/internal/manifests"
 )
 
@@ -73,7 +74,7 @@ func (a Action) Message() string {
 // Next is the one action to take in state. It is pure: the same state and now always give the same action,
 // whatever happened before.
 func Next(state State, now time.Time) Action {
-	order := Order(state.Topology)
+	order := state.engine().Order(state.Topology)
 	for _, name := range order {
 		if _, ok := state.component(name); !ok {
 			return Action{Kind: ApplyComponent, Component: name, Reason: "the workload does not exist yet"}
@@ -93,10 +94,11 @@ func Next(state State, now time.Time) Action {
 
 // MayApplyTemplate says whether the executor may write the desired pod template of component when it applies
 // the workload for any reason (a new replica count, labels): only when the rollout has reached it, or the
-// workload does not exist yet. Otherwise it must keep the template the workload has now.
+// workload does not exist yet, or it is no component of the plan. Otherwise it must keep the template the
+// workload has now.
 func MayApplyTemplate(state State, now time.Time, component string) bool {
 	c, ok := state.component(component)
-	if !ok || c.TemplateRevision == c.DesiredRevision {
+	if !ok || c.TemplateRevision == c.DesiredRevision || !slices.Contains(state.engine().Order(state.Topology), component) {
 		return true
 	}
 	action := Next(state, now)
@@ -106,7 +108,7 @@ func MayApplyTemplate(state State, now time.Time, component string) bool {
 // step is the action for a component whose template is the desired one, and whether it is fully rolled out.
 // Whether it is done does not depend on now: now only decides between Wait and Stalled.
 func step(state State, c Component, now time.Time) (Action, bool) {
-	if c.Name == manifests.ComponentIngester && state.Topology == v1alpha1.TopologyMicroservices {
+	if state.isRingIngester(c) {
 		if c.OnDelete {
 			return ingesterStep(state, c, now)
 		}
@@ -150,7 +152,7 @@ func rolloutStep(state State, c Component, now time.Time) (Action, bool) {
 // rolls itself.
 func ringStep(state State, c Component) (Action, bool) {
 	if !state.RingObserved {
-		return ringUnread(c), false
+		return ringUnread(state, c), false
 	}
 	for _, p := range sortedPods(c.Pods) {
 		if p.Ring != RingActive {
@@ -159,7 +161,7 @@ func ringStep(state State, c Component) (Action, bool) {
 	}
 	for _, m := range state.StrayRingMembers {
 		if m.State != RingActive {
-			return waitRing(c, strayWait(m)), false
+			return waitRing(c, strayWait(state, m)), false
 		}
 	}
 	return Action{}, true
@@ -186,7 +188,7 @@ func ingesterStep(state State, c Component, now time.Time) (Action, bool) {
 		}
 	}
 	if !state.RingObserved {
-		return ringUnread(c), false
+		return ringUnread(state, c), false
 	}
 
 	var unavailable []down
@@ -210,7 +212,7 @@ func ingesterStep(state State, c Component, now time.Time) (Action, bool) {
 	}
 	for _, m := range state.StrayRingMembers {
 		if m.State != RingActive {
-			unavailable = append(unavailable, down{reason: strayWait(m), ring: true})
+			unavailable = append(unavailable, down{reason: strayWait(state, m), ring: true})
 		}
 	}
 
@@ -275,13 +277,13 @@ func ringWait(p Pod) string {
 	return fmt.Sprintf("ingester %s is %s in the ring", p.Name, p.Ring)
 }
 
-func strayWait(m RingMember) string {
-	state := string(m.State)
+func strayWait(state State, m RingMember) string {
+	ringState := string(m.State)
 	if m.State == RingMissing {
-		state = "in no known state"
+		ringState = "in no known state"
 	}
 	return fmt.Sprintf("ring member %s is %s and is no ingester pod of this cluster; if it is gone for good, "+
-		"remove it with Forget on a distributor's /ring page", m.ID, state)
+		"remove it with Forget on a %sdistributor's /ring page", m.ID, ringState, state.engine().qualifier())
 }
 
 func wait(c Component, format string, args ...any) Action {
@@ -292,13 +294,15 @@ func waitRing(c Component, reason string) Action {
 	return Action{Kind: Wait, Component: c.Name, Reason: reason, OnRing: true}
 }
 
-func ringUnread(c Component) Action {
-	return waitRing(c, "the ingester ring could not be read from the distributors")
+func ringUnread(state State, c Component) Action {
+	q := state.engine().qualifier()
+	return waitRing(c, "the "+q+"ingester ring could not be read from the "+q+"distributors")
 }
 
 func workloadKind(c Component) string {
 	switch c.Name {
-	case manifests.ComponentDistributor, manifests.ComponentQuerier, manifests.ComponentQueryFrontend:
+	case manifests.ComponentDistributor, manifests.ComponentQuerier, manifests.ComponentQueryFrontend,
+		manifests.LokiComponentDistributor, manifests.LokiComponentQuerier, manifests.LokiComponentQueryFrontend:
 		return "Deployment"
 	}
 	return "StatefulSet"
@@ -317,10 +321,11 @@ func sortedPods(pods []Pod) []Pod {
 }
 
 // Progress is the message of the Progressing condition, and whether the rollout is done: every component of
-// the topology runs the desired revision and is Ready (ingesters also ACTIVE in the ring). Only then may
-// status.version become state.Version. The message holds no times, and changes only when the rollout moves.
+// the plan runs the desired revision and is Ready (ingesters also ACTIVE in the ring). Only then may the
+// engine's version in the status (status.version, status.logs.version) become state.Version. The message
+// holds no times, and changes only when the rollout moves.
 func Progress(state State) (message string, done bool) {
-	order := Order(state.Topology)
+	order := state.engine().Order(state.Topology)
 	for _, name := range order {
 		if _, ok := state.component(name); !ok {
 			return "creating " + displayName(name), false
@@ -341,8 +346,9 @@ func Progress(state State) (message string, done bool) {
 			}
 		}
 		switch {
-		case name == manifests.ComponentIngester && state.Topology == v1alpha1.TopologyMicroservices:
-			return fmt.Sprintf("ingesters %d/%d at %s", availableIngesters(state, c), c.Replicas, state.Version), false
+		case state.isRingIngester(c):
+			return fmt.Sprintf("%singesters %d/%d at %s", strings.ToLower(state.engine().qualifier()),
+				availableIngesters(state, c), c.Replicas, state.Version), false
 		case versionChange(state):
 			return fmt.Sprintf("upgrading %s to %s", displayName(name), state.Version), false
 		case rolling:
@@ -351,7 +357,7 @@ func Progress(state State) (message string, done bool) {
 			return fmt.Sprintf("waiting for %s to be Ready", displayName(name)), false
 		}
 	}
-	return "every component runs " + state.Version, true
+	return "every " + state.engine().qualifier() + "component runs " + state.Version, true
 }
 
 // availableIngesters counts the ingesters that run the desired revision, are Ready and ACTIVE in the ring.
@@ -366,9 +372,9 @@ func availableIngesters(state State, c Component) int {
 	return n
 }
 
-// versionChange: some pod of the plan runs another Cortex version than the desired one.
+// versionChange: some pod of the plan runs another version than the desired one.
 func versionChange(state State) bool {
-	for _, name := range Order(state.Topology) {
+	for _, name := range state.engine().Order(state.Topology) {
 		c, _ := state.component(name)
 		for _, p := range c.Pods {
 			if p.Version != "" && p.Version != state.Version {

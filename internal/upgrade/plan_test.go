@@ -21,22 +21,30 @@ func podName(component string, i int) string {
 	return fmt.Sprintf("%s-%d", manifests.ComponentName(testCluster, component), i)
 }
 
-// clusterAt is a cluster of topology whose every component runs version, fully rolled out: pods Ready,
-// ingesters ACTIVE. The gateway is listed too, to show that the planner ignores it.
+// clusterAt is a cluster of topology whose every Cortex component runs version, fully rolled out: pods
+// Ready, ingesters ACTIVE. The gateway is listed too, to show that the planner ignores it.
 func clusterAt(topology v1alpha1.Topology, version string, ingesters int32) State {
-	state := State{Topology: topology, Version: version, RingObserved: topology == v1alpha1.TopologyMicroservices}
+	return engineAt(Cortex, topology, version, ingesters)
+}
+
+// engineAt is the plan of engine of a cluster of topology whose every component of that engine runs version,
+// fully rolled out, as clusterAt.
+func engineAt(engine Engine, topology v1alpha1.Topology, version string, ingesters int32) State {
+	state := State{Engine: engine, Topology: topology, Version: version, RingObserved: topology == v1alpha1.TopologyMicroservices}
 	replicas := map[string]int32{manifests.ComponentIngester: ingesters, manifests.ComponentQuerier: 2,
-		manifests.ComponentDistributor: 2, manifests.ComponentQueryFrontend: 2}
-	for _, name := range append(Order(topology), manifests.ComponentGateway) {
+		manifests.ComponentDistributor: 2, manifests.ComponentQueryFrontend: 2,
+		manifests.LokiComponentIngester: ingesters, manifests.LokiComponentQuerier: 2,
+		manifests.LokiComponentDistributor: 2, manifests.LokiComponentQueryFrontend: 2}
+	for _, name := range append(engine.Order(topology), manifests.ComponentGateway) {
 		n := replicas[name]
 		if n == 0 {
 			n = 1
 		}
 		c := Component{Name: name, DesiredRevision: revision(name, version), TemplateRevision: revision(name, version),
-			Replicas: n, OnDelete: name == manifests.ComponentIngester}
+			Replicas: n, OnDelete: name == engine.ingester()}
 		for i := 0; i < int(n); i++ {
 			p := Pod{Name: podName(name, i), Ordinal: i, Revision: c.TemplateRevision, Version: version, Ready: true}
-			if name == manifests.ComponentIngester && topology == v1alpha1.TopologyMicroservices {
+			if state.isRingIngester(c) {
 				p.Ring = RingActive
 			}
 			c.Pods = append(c.Pods, p)
@@ -140,7 +148,7 @@ func (w *world) tick() {
 				}
 			case !p.Ready:
 				c.Pods[i].Ready, c.Pods[i].NotReadySince = true, time.Time{}
-				if c.Name == manifests.ComponentIngester && w.state.Topology == v1alpha1.TopologyMicroservices {
+				if w.state.isRingIngester(*c) {
 					c.Pods[i].Ring = RingJoining
 				}
 			case p.Ring == RingJoining:
@@ -184,8 +192,8 @@ func (w *world) run(t *testing.T, maxSteps int) (seen []observed, acted []string
 // checkAtMostOneIngesterDown: with replication factor 3, never more than one ingester may be unavailable.
 func checkAtMostOneIngesterDown(t *testing.T, state State) {
 	t.Helper()
-	c, ok := state.component(manifests.ComponentIngester)
-	if !ok || state.Topology != v1alpha1.TopologyMicroservices {
+	c, ok := state.component(state.engine().ingester())
+	if !ok || !state.isRingIngester(c) {
 		return
 	}
 	var notActive []string
@@ -429,7 +437,7 @@ func allButIngestersAtDesired(state State) State {
 	state = clone(state)
 	for i := range state.Components {
 		c := &state.Components[i]
-		if c.Name == manifests.ComponentIngester || c.Name == manifests.ComponentGateway {
+		if c.Name == state.engine().ingester() || c.Name == manifests.ComponentGateway {
 			continue
 		}
 		c.TemplateRevision = c.DesiredRevision

@@ -10,12 +10,17 @@ import (
 
 // Version skew policy.
 //
-// Engine (Cortex) versions, checked by the controller before it rolls out a version (CheckVersion):
-//   - never older than any pod runs: Cortex writes blocks, WAL segments and ring entries that an older
-//     release may not read, so an in-place downgrade can lose data;
+// Engine versions (Cortex's spec.version, Loki's spec.logs.version), checked by the controller before it
+// rolls out a version (CheckVersion), the same policy for both:
+//   - never older than any pod runs: Cortex writes blocks, WAL segments and ring entries, Loki chunks, TSDB
+//     index files, WAL segments and ring entries, that an older release may not read, so an in-place
+//     downgrade can lose data;
 //   - at most one minor version ahead of the oldest version any pod runs, and never a new major version:
-//     Cortex supports upgrading one minor version at a time, so each release's migrations and deprecations
-//     apply in order. Patch releases may be skipped.
+//     Cortex supports upgrading one minor version at a time, and Loki's upgrade guide asks for sequential
+//     upgrades, so each release's migrations and deprecations apply in order. Patch releases may be skipped.
+//
+// The controller pins one Loki version per release too (manifests.DefaultLokiVersion), and moves it the same
+// way.
 //
 // The controller pins one Cortex version per release (manifests.DefaultCortexVersion), and each controller
 // minor release moves the pin at most one Cortex minor version. That is why the CLI, which installs the
@@ -70,13 +75,32 @@ func (r release) compare(o release) int {
 	return 0
 }
 
-// CheckEngineChange says whether Cortex may go from the running version to the desired one in place. An empty
+// CheckEngineChange says whether Cortex may go from the running version to the desired one in place:
+// Cortex.CheckChange.
+func CheckEngineChange(running, desired string) error { return Cortex.CheckChange(running, desired) }
+
+// skewFacts are what the skew policy's messages say about an engine.
+type skewFacts struct {
+	specField, statusField, defaultVersion, writes string
+}
+
+func (e Engine) skewFacts() skewFacts {
+	if e == Loki {
+		return skewFacts{"spec.logs.version", "status.logs.version", manifests.DefaultLokiVersion,
+			"chunks, TSDB index files, WAL segments or ring entries"}
+	}
+	return skewFacts{"spec.version", "status.version", manifests.DefaultCortexVersion,
+		"blocks, WAL segments or ring entries"}
+}
+
+// CheckChange says whether the engine may go from the running version to the desired one in place. An empty
 // or unparsable running version (nothing runs yet, or a custom image) is not judged.
-func CheckEngineChange(running, desired string) error {
+func (e Engine) CheckChange(running, desired string) error {
+	f := e.skewFacts()
 	want, ok := parseRelease(desired)
 	if !ok {
-		return fmt.Errorf("Cortex version %q is not a release such as %s: set spec.version to a Cortex release, "+
-			"or remove it to use the controller's default", desired, manifests.DefaultCortexVersion)
+		return fmt.Errorf("%s version %q is not a release such as %s: set %s to a %s release, "+
+			"or remove it to use the controller's default", e, desired, f.defaultVersion, f.specField, e)
 	}
 	have, ok := parseRelease(running)
 	if !ok {
@@ -84,30 +108,30 @@ func CheckEngineChange(running, desired string) error {
 	}
 	switch {
 	case want.compare(have) < 0:
-		return fmt.Errorf("Cortex %s is older than the running %s: Cortex cannot be downgraded in place, because "+
-			"%s may already have written blocks, WAL segments or ring entries that %s cannot read; set "+
-			"spec.version to %s or newer (if spec.version is empty, %s is the default of an older controller: "+
-			"upgrade the controller again, or set spec.version: %s)",
-			want, have, have, want, have, want, have)
+		return fmt.Errorf("%s %s is older than the running %s: %s cannot be downgraded in place, because "+
+			"%s may already have written %s that %s cannot read; set "+
+			"%s to %s or newer (if %s is empty, %s is the default of an older controller: "+
+			"upgrade the controller again, or set %s: %s)",
+			e, want, have, e, have, f.writes, want, f.specField, have, f.specField, want, f.specField, have)
 	case want.major != have.major:
-		return fmt.Errorf("Cortex %s is a new major version after the running %s: upgrading across major versions "+
-			"in place is not supported; keep spec.version at v%d.x and migrate as the %s release notes describe",
-			want, have, have.major, want)
+		return fmt.Errorf("%s %s is a new major version after the running %s: upgrading across major versions "+
+			"in place is not supported; keep %s at v%d.x and migrate as the %s release notes describe",
+			e, want, have, f.specField, have.major, want)
 	case want.minor > have.minor+1:
-		return fmt.Errorf("Cortex %s is more than one minor version ahead of the running %s: Cortex is upgraded "+
+		return fmt.Errorf("%s %s is more than one minor version ahead of the running %s: %s is upgraded "+
 			"one minor version at a time, so that each release's migrations apply in order; upgrade to "+
-			"v%d.%d.x first, then to %s once status.version is v%d.%d.x",
-			want, have, have.major, have.minor+1, want, have.major, have.minor+1)
+			"v%d.%d.x first, then to %s once %s is v%d.%d.x",
+			e, want, have, e, have.major, have.minor+1, want, f.statusField, have.major, have.minor+1)
 	}
 	return nil
 }
 
-// RunningVersions are the oldest and the newest Cortex release that a pod of the topology runs; empty when
-// no pod runs a release.
+// RunningVersions are the oldest and the newest release of the plan's engine that a pod of the plan runs;
+// empty when no pod runs a release.
 func RunningVersions(state State) (oldest, newest string) {
 	var lo, hi release
 	found := false
-	for _, name := range Order(state.Topology) {
+	for _, name := range state.engine().Order(state.Topology) {
 		c, _ := state.component(name)
 		for _, p := range c.Pods {
 			r, ok := parseRelease(p.Version)
@@ -129,15 +153,15 @@ func RunningVersions(state State) (oldest, newest string) {
 	return lo.String(), hi.String()
 }
 
-// CheckVersion applies CheckEngineChange to every version the pods run: state.Version must not be older than
-// the newest one (no pod is downgraded, also when an upgrade is changed half-way) and not skip a minor
-// version after the oldest one (no pod skips one).
+// CheckVersion applies the engine's CheckChange to every version the pods of the plan run: state.Version
+// must not be older than the newest one (no pod is downgraded, also when an upgrade is changed half-way) and
+// not skip a minor version after the oldest one (no pod skips one).
 func CheckVersion(state State) error {
 	oldest, newest := RunningVersions(state)
-	if err := CheckEngineChange(newest, state.Version); err != nil {
+	if err := state.engine().CheckChange(newest, state.Version); err != nil {
 		return err
 	}
-	return CheckEngineChange(oldest, state.Version)
+	return state.engine().CheckChange(oldest, state.Version)
 }
 
 // CheckCLIControllerSkew says whether the CLI of version cli may upgrade the installed controller of version

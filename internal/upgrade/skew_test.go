@@ -110,3 +110,47 @@ func TestParseRelease(t *testing.T) {
 		t.Errorf("the pinned default %s is not a release", manifests.DefaultCortexVersion)
 	}
 }
+
+// Loki's version is held to the same policy by the same function, with Loki's names and fields.
+func TestCheckLokiChange(t *testing.T) {
+	for _, tc := range []struct {
+		running, desired string
+		wantErr          string // the whole message; empty means allowed
+	}{
+		{"", "v3.7.8", ""},
+		{"v3.7.8", "v3.7.8", ""},
+		{"v3.7.8", "v3.7.9", ""},
+		{"v3.7.8", "v3.8.2", ""},
+		{"v3.7.8", "v3.7.7", "Loki v3.7.7 is older than the running v3.7.8: Loki cannot be downgraded in place, because " +
+			"v3.7.8 may already have written chunks, TSDB index files, WAL segments or ring entries that v3.7.7 cannot read; " +
+			"set spec.logs.version to v3.7.8 or newer (if spec.logs.version is empty, v3.7.7 is the default of an older " +
+			"controller: upgrade the controller again, or set spec.logs.version: v3.7.8)"},
+		{"v3.6.0", "v3.8.0", "Loki v3.8.0 is more than one minor version ahead of the running v3.6.0: Loki is upgraded " +
+			"one minor version at a time, so that each release's migrations apply in order; upgrade to v3.7.x first, " +
+			"then to v3.8.0 once status.logs.version is v3.7.x"},
+		{"v3.7.8", "v4.0.0", "Loki v4.0.0 is a new major version after the running v3.7.8: upgrading across major " +
+			"versions in place is not supported; keep spec.logs.version at v3.x and migrate as the v4.0.0 release notes describe"},
+		{"v3.7.8", "3.7.9", `Loki version "3.7.9" is not a release such as ` + manifests.DefaultLokiVersion +
+			": set spec.logs.version to a Loki release, or remove it to use the controller's default"},
+	} {
+		err := Loki.CheckChange(tc.running, tc.desired)
+		got := ""
+		if err != nil {
+			got = err.Error()
+		}
+		if got != tc.wantErr {
+			t.Errorf("%s → %s:\n got %q\nwant %q", tc.running, tc.desired, got, tc.wantErr)
+		}
+	}
+	// A Loki plan half-way: going back to where it came from downgrades the replaced ingester.
+	s := lokiIngesterState(func(s *State, ing *Component) {
+		ing.Pods[2].Revision, ing.Pods[2].Version = ing.DesiredRevision, lokiTo
+	})
+	s.Version = lokiFrom
+	if err := CheckVersion(s); err == nil || !strings.Contains(err.Error(), "Loki v3.7.8 is older than the running v3.8.0") {
+		t.Errorf("Loki back to %s half-way: %v", lokiFrom, err)
+	}
+	if _, ok := parseRelease(manifests.DefaultLokiVersion); !ok {
+		t.Errorf("the pinned default %s is not a release", manifests.DefaultLokiVersion)
+	}
+}

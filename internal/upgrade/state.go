@@ -1,6 +1,6 @@
-// Package upgrade decides, one step at a time, how a change to the Cortex workloads of a MetricsCluster is
-// rolled out without losing a sample: a new Cortex version, a new configuration, or any other change to a pod
-// template.
+// Package upgrade decides, one step at a time, how a change to the Cortex or Loki workloads of a
+// MetricsCluster is rolled out without losing a sample or a log line: a new version, a new configuration, or
+// any other change to a pod template.
 //
 // It is a pure planner. The controller observes the cluster (workloads, pods, the ingester ring as the
 // distributors see it) into a State; Next turns that State into the one Action to take now; the controller
@@ -8,49 +8,73 @@
 // between calls: progress is derived only from what is observed (which pods already run the desired
 // revision), so a controller restarted in the middle of an upgrade continues where the previous one stopped.
 //
+// # Two plans: Cortex and Loki
+//
+// A cluster with logs on has two plans, one per Engine: the Cortex workloads (metrics) and the Loki
+// workloads (logs), each a State of its own that the same Next, Progress and CheckVersion judge. The
+// controller observes both, and executes both actions in the same reconcile. They are independent because
+// the two systems are: Cortex and Loki share no ring, no data and no process, no component of one talks to
+// a component of the other (only the gateway talks to both, over HTTP APIs that do not depend on the
+// other's rollout), and they run different releases (spec.version and spec.logs.version) with their own
+// skew policy. One long list would make a Loki ingester that does not start hold back a Cortex security fix,
+// and a Cortex ingester replay hold back a Loki config change, for nothing. Each plan keeps its own promise:
+// at most one of its ingesters is unavailable at any time. Replacing a Cortex ingester and a Loki ingester at
+// the same moment breaks neither promise.
+//
+// The engines differ only in data: the components and their order (Engine.Order), which component is the
+// ingester, and how messages and the skew policy name the engine and its fields. Every rule below (the
+// order, the ingester steps, the ring, the deadlines) is the same code for both.
+//
 // # Order
 //
-// Topology microservices is rolled out one component at a time, in Order:
+// Topology microservices is rolled out one component at a time, in the engine's Order. Cortex:
 //
 //	compactor, store-gateway, query-frontend, querier, distributor, ingester
 //
+// Loki:
+//
+//	loki-compactor, loki-query-frontend, loki-querier, loki-distributor, loki-ingester
+//
 // Each component starts only when every earlier one is fully rolled out: every pod runs the desired revision,
-// is Ready and is not terminating. The components that only touch object storage (compactor, store-gateway)
-// go first: they serve no writes, so a new version that misbehaves is noticed before the write path is
-// touched. The read path (query-frontend, querier) comes next, then the stateless write path (distributors,
-// which work with ingesters of either version). Ingesters go last, because they hold the samples not yet
-// shipped to object storage and are the slowest and riskiest to restart.
+// is Ready and is not terminating. The components that only touch object storage (the compactors, Cortex's
+// store-gateway) go first: they serve no writes, so a new version that misbehaves is noticed before the write
+// path is touched. The read path (query-frontend, querier) comes next, then the stateless write path
+// (distributors, which work with ingesters of either version). Ingesters go last, because they hold the
+// samples and log lines not yet shipped to object storage and are the slowest and riskiest to restart.
 //
 // Ingesters run in a StatefulSet with updateStrategy OnDelete. The planner first updates its template
 // (ApplyComponent, which restarts nothing), then replaces one ingester at a time (DeletePod), and the next one
 // only when every ingester (the one just replaced included) is Ready and ACTIVE in the ring as the
 // distributors see it, and no stray ring member is unhealthy: with replication factor 3 a write needs 2 of
-// the 3 ingesters of a series, so exactly one may be missing at any time. Ingesters are replaced from the
-// highest ordinal down, like a StatefulSet RollingUpdate and a partitioned rolling update do, so "the
-// ingesters with ordinal >= k run the new revision" means the same whichever of the three drives the
+// the 3 ingesters of a series or stream, so exactly one may be missing at any time. Ingesters are replaced
+// from the highest ordinal down, like a StatefulSet RollingUpdate and a partitioned rolling update do, so
+// "the ingesters with ordinal >= k run the new revision" means the same whichever of the three drives the
 // rollout, and the executor could switch to a partitioned rolling update without changing what progress
-// means.
+// means. Cortex's ring is read from its distributors' /ingester/ring, Loki's from its distributors' /ring;
+// both list instances by ID, which for an ingester of either engine is its hostname, the pod's name.
 //
-// Topology single has one step: the StatefulSet "all" (RollingUpdate, one replica), which its StatefulSet
-// controller restarts once the template is applied. Its rings live in memory, so no ring is consulted.
+// Topology single has one step: the StatefulSet "all" (Cortex) or "loki" (Loki), RollingUpdate with one
+// replica, which its StatefulSet controller restarts once the template is applied. Its rings live in
+// memory, so no ring is consulted.
 //
-// The gateway is not part of the plan, in either topology: it is not Cortex, holds no data, is not in the
-// ring, talks to the distributors and query-frontend over HTTP APIs that do not change between Cortex
+// The gateway is not part of either plan, in either topology: it is neither Cortex nor Loki, holds no data,
+// is in no ring, talks to the distributors and query-frontends over HTTP APIs that do not change between
 // minor versions, and its Deployment rolls itself (RollingUpdate behind a PodDisruptionBudget). Holding a
-// gateway fix behind a rollout of ingesters that may take an hour would help no one. Components a topology
-// does not have (the gateway, or "all" in microservices) are ignored by Next and Progress.
+// gateway fix behind a rollout of ingesters that may take an hour would help no one. Components a plan does
+// not have (the gateway, the other engine's, or "all" in microservices) are ignored by Next and Progress.
 //
-// A component whose workload does not exist yet (a new cluster, or a component a new controller adds) is
-// created at once, before anything else and without waiting for earlier components: there is nothing of it
-// to keep available.
+// A component whose workload does not exist yet (a new cluster, logs turned on, or a component a new
+// controller adds) is created at once, before anything else and without waiting for earlier components:
+// there is nothing of it to keep available.
 //
 // # Stopping
 //
 // A pod that runs the desired revision and does not become Ready within the deadline (State.ReadyDeadline,
 // DefaultReadyDeadline when zero), or that cannot start (CrashLoopBackOff, ImagePullBackOff, ...), stalls
-// the rollout: Next returns Stalled naming the pod and the reason, and keeps returning it, without touching
-// any other component or ingester, until the pod becomes Ready (the rollout then continues by itself) or the
-// desired revision changes (the user fixed the spec; the rollout starts again from the first component).
+// the rollout of its plan: Next returns Stalled naming the pod and the reason, and keeps returning it,
+// without touching any other component or ingester of that plan, until the pod becomes Ready (the rollout
+// then continues by itself) or the desired revision changes (the user fixed the spec; the rollout starts
+// again from the first component). The other plan goes on.
 package upgrade
 
 import (
@@ -97,7 +121,7 @@ type Pod struct {
 	Ordinal int
 	// Revision is the revision of the pod template the pod was created from (see Component.DesiredRevision).
 	Revision string
-	// Version is the Cortex release the pod runs, such as v1.21.1, from its image tag.
+	// Version is the release the pod runs, such as v1.21.1 (Cortex) or v3.7.8 (Loki), from its image tag.
 	Version string
 	// Ready is the pod's Ready condition.
 	Ready bool
@@ -106,9 +130,9 @@ type Pod struct {
 	NotReadySince time.Time
 	// Terminating: the pod has a deletionTimestamp.
 	Terminating bool
-	// RestartCount of the Cortex container.
+	// RestartCount of the engine's container.
 	RestartCount int32
-	// WaitingReason of the Cortex container's waiting state, such as CrashLoopBackOff; empty when running.
+	// WaitingReason of the engine container's waiting state, such as CrashLoopBackOff; empty when running.
 	WaitingReason string
 	// Ring is the pod's state in the ingester ring as the distributors see it. Ingesters only. When the
 	// distributors disagree, the executor records the worst state (missing, then UNHEALTHY, LEAVING,
@@ -116,9 +140,10 @@ type Pod struct {
 	Ring RingState
 }
 
-// Component is one Cortex workload (Deployment or StatefulSet) that exists in the cluster.
+// Component is one workload (Deployment or StatefulSet) of the plan's engine that exists in the cluster.
 type Component struct {
-	// Name is the component, such as manifests.ComponentIngester or manifests.TargetAll.
+	// Name is the component, such as manifests.ComponentIngester, manifests.TargetAll or
+	// manifests.LokiComponentIngester.
 	Name string
 	// DesiredRevision identifies the pod template the builders produce now: a hash of the whole template
 	// (image, so version, config hash, resources, ...), stamped on the template as an annotation so that every
@@ -135,17 +160,21 @@ type Component struct {
 	Pods []Pod
 }
 
-// State is what the controller observed of one MetricsCluster.
+// State is what the controller observed of one plan of one MetricsCluster: its Cortex workloads, or its
+// Loki workloads.
 type State struct {
+	// Engine whose workloads these are; empty is Cortex.
+	Engine Engine
 	// Topology of the cluster; empty is single, the API's default.
 	Topology v1alpha1.Topology
-	// Version is the desired Cortex release: spec.version, or the controller's default.
+	// Version is the desired release of the engine: spec.version (Cortex) or spec.logs.version (Loki), or
+	// the controller's default.
 	Version string
-	// Components are the Cortex workloads that exist. A component of the topology that is not listed does
-	// not exist yet.
+	// Components are the engine's workloads that exist. A component of the plan that is not listed does not
+	// exist yet.
 	Components []Component
-	// RingObserved: the ingester ring was read from the distributors in this observation. Without it no
-	// ingester is replaced. Topology microservices only.
+	// RingObserved: the engine's ingester ring was read from its distributors in this observation. Without
+	// it no ingester is replaced. Topology microservices only.
 	RingObserved bool
 	// StrayRingMembers are ring entries that are no ingester pod of the cluster, such as an instance left
 	// behind by a removed pod. One that is not ACTIVE counts as a missing ingester.
@@ -155,9 +184,32 @@ type State struct {
 	ReadyDeadline time.Duration
 }
 
-// Order is the order in which the components of a topology are rolled out.
-func Order(topology v1alpha1.Topology) []string {
-	if topology == v1alpha1.TopologyMicroservices {
+// Engine is the system a plan rolls out; see "Two plans" in the package doc.
+type Engine string
+
+const (
+	Cortex Engine = "Cortex"
+	Loki   Engine = "Loki"
+)
+
+// Order is the order in which the Cortex components of a topology are rolled out: Cortex.Order.
+func Order(topology v1alpha1.Topology) []string { return Cortex.Order(topology) }
+
+// Order is the order in which the engine's components of a topology are rolled out.
+func (e Engine) Order(topology v1alpha1.Topology) []string {
+	microservices := topology == v1alpha1.TopologyMicroservices
+	switch {
+	case e == Loki && microservices:
+		return []string{
+			manifests.LokiComponentCompactor,
+			manifests.LokiComponentQueryFrontend,
+			manifests.LokiComponentQuerier,
+			manifests.LokiComponentDistributor,
+			manifests.LokiComponentIngester,
+		}
+	case e == Loki:
+		return []string{manifests.LokiComponentAll}
+	case microservices:
 		return []string{
 			manifests.ComponentCompactor,
 			manifests.ComponentStoreGateway,
@@ -168,6 +220,37 @@ func Order(topology v1alpha1.Topology) []string {
 		}
 	}
 	return []string{manifests.TargetAll}
+}
+
+// ingester is the engine's ingester component, of topology microservices.
+func (e Engine) ingester() string {
+	if e == Loki {
+		return manifests.LokiComponentIngester
+	}
+	return manifests.ComponentIngester
+}
+
+// qualifier is what messages put before the name of a part of the engine, such as "ingester ring" or
+// "distributors": nothing for Cortex, whose messages predate Loki's plan, "Loki " for Loki.
+func (e Engine) qualifier() string {
+	if e == Cortex {
+		return ""
+	}
+	return string(e) + " "
+}
+
+// engine is s.Engine, Cortex when empty.
+func (s State) engine() Engine {
+	if s.Engine == "" {
+		return Cortex
+	}
+	return s.Engine
+}
+
+// isRingIngester says whether c is an ingester whose rollout waits for the ring: the engine's ingester in
+// topology microservices.
+func (s State) isRingIngester(c Component) bool {
+	return c.Name == s.engine().ingester() && s.Topology == v1alpha1.TopologyMicroservices
 }
 
 // component is the observed component of that name.
