@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -20,6 +22,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 	"k8s.io/utils/ptr"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
@@ -193,11 +196,16 @@ func TestRemoteWriteAndQueryThroughTheGatewayAreIsolatedPerTenant(t *testing.T) 
 // The two sides alternate in rounds of roundRequests requests, so that both see the same load from whatever
 // else runs on the machine; an op is one request to each side, and the ratio is the median of the rounds'. Sub-benchmarks: http1 sends to the gateway over
 // one HTTP/1.1 connection per concurrent request, like the direct client to Cortex; http2 over one
-// multiplexed HTTP/2 connection, as Prometheus does. Run with -benchtime=20s -count=3 for stable figures.
+// multiplexed HTTP/2 connection, as Prometheus does. Cortex runs on half of the CPUs and the client and gateway
+// on the other half (separateCPUs), so that the ratio measures the gateway's effect on throughput, and
+// gateway-cpu-ms/req and cpu-ratio what it would take from Cortex on a shared CPU. Run with -benchtime=20s
+// -count=3 for stable figures.
 func BenchmarkRemoteWrite(b *testing.B) {
 	// Cortex's own per-tenant limit must not be what is measured.
+	pinCortex := separateCPUs(b)
 	s := startStack(b, v1alpha1.TenantLimits{IngestionRate: ptr.To[int64](100_000_000), IngestionBurst: ptr.To[int64](100_000_000)}, "bench")
 	findCortex(b, s.cortex.Options.ConfigFile)
+	pinCortex()
 	const seriesPerRequest, concurrency, roundRequests = 2000, 8, 32
 	// Like Prometheus' remote-write shards, each worker owns its series and sends their samples in order. The
 	// requests are encoded before the clock starts: the client's work is not what is compared.
@@ -302,6 +310,64 @@ func BenchmarkRemoteWrite(b *testing.B) {
 			b.ReportMetric(float64(p99(directLatencies).Microseconds())/1000, "direct-p99-ms")
 			b.ReportMetric(float64(p99(gatewayLatencies).Microseconds())/1000, "gateway-p99-ms")
 		})
+	}
+}
+
+// separateCPUs gives this process (client and gateway) one half of this machine's CPUs and returns the function
+// that gives Cortex, once started, the other half, as in a cluster, where the gateway's pods do not run on the
+// CPU of the distributors. Sharing the CPUs would measure how much CPU the gateway takes from Cortex on a
+// machine both saturate, which gateway-cpu-ms/req and cpu-ratio report, instead of whether the gateway slows
+// remote write down. Cortex starts on this process' half, so that its Go runtime sizes GOMAXPROCS to the
+// half it then moves to. With fewer than two CPUs nothing is pinned, and the ratio is that of a shared CPU.
+func separateCPUs(b *testing.B) (pinCortex func()) {
+	b.Helper()
+	var all unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &all); err != nil {
+		b.Fatal(err)
+	}
+	var cpus []int
+	for cpu := range 1024 {
+		if all.IsSet(cpu) {
+			cpus = append(cpus, cpu)
+		}
+	}
+	if len(cpus) < 2 {
+		b.Logf("only %d CPU: Cortex, the gateway and the client share it", len(cpus))
+		return func() {}
+	}
+	var gatewaySide, cortexSide unix.CPUSet
+	for i, cpu := range cpus {
+		if i < len(cpus)/2 {
+			gatewaySide.Set(cpu)
+		} else {
+			cortexSide.Set(cpu)
+		}
+	}
+	procs := runtime.GOMAXPROCS(gatewaySide.Count())
+	pin(b, os.Getpid(), gatewaySide)
+	b.Cleanup(func() {
+		pin(b, os.Getpid(), all)
+		runtime.GOMAXPROCS(procs)
+	})
+	return func() {
+		pin(b, cortexPID, cortexSide)
+		b.Logf("Cortex runs on %d CPUs, the client and the gateway on %d", cortexSide.Count(), gatewaySide.Count())
+	}
+}
+
+// pin sets the CPU affinity of every thread of process pid; threads it starts later inherit it.
+func pin(b *testing.B, pid int, set unix.CPUSet) {
+	b.Helper()
+	threads, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, thread := range threads {
+		tid, _ := strconv.Atoi(thread.Name())
+		// A thread that exited since the directory was read is no error.
+		if err := unix.SchedSetaffinity(tid, &set); err != nil && !errors.Is(err, unix.ESRCH) {
+			b.Fatalf("pin thread %d of process %d: %v", tid, pid, err)
+		}
 	}
 }
 
