@@ -21,6 +21,7 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
@@ -175,12 +176,7 @@ func (c localCluster) applyLocalObjects(ctx context.Context, kube client.Client,
 }
 
 func (c localCluster) token(ctx context.Context, kube client.Client, tenant string) (string, error) {
-	var secret corev1.Secret
-	key := client.ObjectKey{Namespace: LocalNamespace, Name: manifests.TenantTokenSecretName(tenant)}
-	if err := kube.Get(ctx, key, &secret); err != nil {
-		return "", fmt.Errorf("read the token of tenant %s (Secret %s/%s): %w", tenant, key.Namespace, key.Name, err)
-	}
-	return string(secret.Data[manifests.TenantTokenKey]), nil
+	return tenantToken(ctx, kube, LocalNamespace, tenant)
 }
 
 // writeCA saves the CA of the gateway's certificate, for clients of this machine.
@@ -265,7 +261,33 @@ Query (also the URL of a Grafana Prometheus data source):
   curl --cacert %s -H "Authorization: Bearer $(cat %s.token)" '%s/api/v1/query?query=up'
 `, url, c.CAFile(), c.Kubeconfig(), DefaultTenant, selfCommand(), c.name, DefaultTenant, DefaultTenant,
 		url, DefaultTenant, c.CAFile(), c.CAFile(), DefaultTenant, url)
+	if c.logsEnabled(ctx) {
+		fmt.Fprintf(out, `
+Logs: Grafana Alloy, promtail or any Loki client (also the URL of a Grafana Loki data source: %s):
+  clients:
+    - url: %s/loki/api/v1/push
+      bearer_token_file: %s.token
+      tls_config:
+        ca_file: %s
+
+Query logs with LogQL:
+  curl --cacert %s -H "Authorization: Bearer $(cat %s.token)" -G '%s/loki/api/v1/query_range' --data-urlencode 'query={job="varlogs"}'
+`, url, url, DefaultTenant, c.CAFile(), c.CAFile(), DefaultTenant, url)
+	}
 	return nil
+}
+
+// logsEnabled says whether the cluster's MetricsCluster runs Loki; false when that cannot be read.
+func (c localCluster) logsEnabled(ctx context.Context) bool {
+	kube, err := c.client()
+	if err != nil {
+		return false
+	}
+	var mc v1alpha1.MetricsCluster
+	if err := kube.Get(ctx, client.ObjectKey{Namespace: LocalNamespace, Name: c.name}, &mc); err != nil {
+		return false
+	}
+	return ptr.Deref(mc.Spec.Logs.Enabled, true)
 }
 
 // selfCommand is how the user ran this binary (bin/opstrace after make run), so printed commands paste as
