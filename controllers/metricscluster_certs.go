@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -23,44 +24,76 @@ import (
 type leafCertificate struct {
 	secretName string
 	dnsNames   []string
+	// issuer is the cert-manager issuer of the certificate, and field the spec field that names it; a nil
+	// issuer means the built-in CA issues it.
+	issuer *v1alpha1.IssuerReference
+	field  string
 }
 
 // clusterCertificates are the leaves of a cluster: the gateway's serving certificate, and the component
-// certificate every Cortex process presents as gRPC server and client and on the gossip port.
+// certificate every Cortex process presents as gRPC server and client and on the gossip port. spec.tls
+// decides who issues both, unless spec.gateway.tls.issuerRef takes the gateway's: then the certificate names
+// only spec.gateway.hostname, because a public issuer (ACME, Let's Encrypt) cannot vouch for *.svc names.
 func clusterCertificates(cluster *v1alpha1.MetricsCluster) []leafCertificate {
 	services, headless := manifests.CortexServices(cluster.Name, cluster.Spec.Topology)
-	return []leafCertificate{
-		{manifests.GatewayTLSSecretName(cluster.Name), certs.GatewayDNSNames(cluster.Name, cluster.Namespace, cluster.Spec.Gateway.Hostname)},
-		{manifests.CortexTLSSecretName(cluster.Name), certs.ServiceDNSNames(cluster.Namespace, services, headless)},
+	gateway := leafCertificate{secretName: manifests.GatewayTLSSecretName(cluster.Name),
+		dnsNames: certs.GatewayDNSNames(cluster.Name, cluster.Namespace, cluster.Spec.Gateway.Hostname),
+		issuer:   cluster.Spec.TLS.IssuerRef, field: "spec.tls.issuerRef"}
+	if gw := cluster.Spec.Gateway.TLS; gw != nil && gw.IssuerRef != nil {
+		gateway.dnsNames = []string{strings.TrimSuffix(cluster.Spec.Gateway.Hostname, ".")}
+		gateway.issuer, gateway.field = gw.IssuerRef, "spec.gateway.tls.issuerRef"
 	}
+	return []leafCertificate{gateway, {secretName: manifests.CortexTLSSecretName(cluster.Name),
+		dnsNames: certs.ServiceDNSNames(cluster.Namespace, services, headless),
+		issuer:   cluster.Spec.TLS.IssuerRef, field: "spec.tls.issuerRef"}}
 }
 
 // reconcileCertificates keeps the gateway's certificate (Secret <cluster>-gateway-tls) and the Cortex
-// components' (Secret <cluster>-cortex-tls): from the built-in CA by default, renewed at 80% of their
-// lifetime and reissued when their names change; or as cert-manager Certificates when spec.tls.issuerRef is
-// set. It returns when to look again and the component certificate as the Cortex pods mount it.
+// components' (Secret <cluster>-cortex-tls). A leaf with an issuer is a cert-manager Certificate, and
+// cert-manager writes its Secret; the others come from the built-in CA, renewed at 80% of their lifetime
+// and reissued when their names change. It returns when to look again and the component certificate as the
+// Cortex pods mount it.
 func (r *MetricsClusterReconciler) reconcileCertificates(ctx context.Context, cluster *v1alpha1.MetricsCluster) (time.Duration, manifests.ComponentTLS, error) {
-	leaves := clusterCertificates(cluster)
 	applier := apply.Applier{Client: r.Client, Scheme: r.Scheme}
-	if issuer := cluster.Spec.TLS.IssuerRef; issuer != nil {
-		if !r.kindExists(certificateKind) {
-			return 0, manifests.ComponentTLS{}, &DegradedError{Reason: v1alpha1.ReasonCertManagerUnavailable, Message: fmt.Sprintf(
-				"spec.tls.issuerRef names %s %s, but cert-manager is not installed (no certificates.cert-manager.io CRD); install cert-manager or remove issuerRef to use the built-in CA",
-				issuer.Kind, issuer.Name)}
+	certManager := r.kindExists(certificateKind)
+	componentSecret := manifests.CortexTLSSecretName(cluster.Name)
+	var builtIn []leafCertificate
+	var component manifests.ComponentTLS
+	for _, leaf := range clusterCertificates(cluster) {
+		if leaf.issuer == nil {
+			builtIn = append(builtIn, leaf)
+			continue
 		}
-		for _, leaf := range leaves {
-			certificate := certs.BuildCertificate(cluster.Namespace, leaf.secretName, leaf.secretName, leaf.dnsNames, *issuer)
-			if _, err := applier.Apply(ctx, cluster, certificate); err != nil {
+		if !certManager {
+			return 0, manifests.ComponentTLS{}, &DegradedError{Reason: v1alpha1.ReasonCertManagerUnavailable, Message: fmt.Sprintf(
+				"%s names %s %s, but cert-manager is not installed (no certificates.cert-manager.io CRD); install cert-manager or remove issuerRef to use the built-in CA",
+				leaf.field, leaf.issuer.Kind, leaf.issuer.Name)}
+		}
+		certificate := certs.BuildCertificate(cluster.Namespace, leaf.secretName, leaf.secretName, leaf.dnsNames, *leaf.issuer)
+		if _, err := applier.Apply(ctx, cluster, certificate); err != nil {
+			return 0, manifests.ComponentTLS{}, err
+		}
+		if leaf.secretName == componentSecret {
+			// cert-manager writes the Secret; its watch event brings the controller back to restart the pods.
+			var secret corev1.Secret
+			key := client.ObjectKey{Namespace: cluster.Namespace, Name: componentSecret}
+			if err := r.Client.Get(ctx, key, &secret); err != nil && !apierrors.IsNotFound(err) {
+				return 0, manifests.ComponentTLS{}, fmt.Errorf("get component certificate: %w", err)
+			}
+			component = componentTLS(secret.Data)
+		}
+	}
+	if len(builtIn) == 0 {
+		return 0, component, nil
+	}
+	if certManager {
+		// A Certificate left from an issuerRef that was removed would make cert-manager overwrite the
+		// Secret the built-in CA now keeps, and the two would take turns.
+		for _, leaf := range builtIn {
+			if err := r.deleteOwnedCertificate(ctx, cluster, leaf.secretName); err != nil {
 				return 0, manifests.ComponentTLS{}, err
 			}
 		}
-		// cert-manager writes the Secret; its watch event brings the controller back to restart the pods.
-		var secret corev1.Secret
-		key := client.ObjectKey{Namespace: cluster.Namespace, Name: manifests.CortexTLSSecretName(cluster.Name)}
-		if err := r.Client.Get(ctx, key, &secret); err != nil && !apierrors.IsNotFound(err) {
-			return 0, manifests.ComponentTLS{}, fmt.Errorf("get component certificate: %w", err)
-		}
-		return 0, componentTLS(secret.Data), nil
 	}
 
 	now := r.now()
@@ -73,18 +106,38 @@ func (r *MetricsClusterReconciler) reconcileCertificates(ctx context.Context, cl
 		return 0, manifests.ComponentTLS{}, fmt.Errorf("read back CA: %w", err)
 	}
 	recheck := max(certs.RenewAt(caCert).Sub(now), time.Minute)
-	var component manifests.ComponentTLS
-	for _, leaf := range leaves {
+	for _, leaf := range builtIn {
 		data, renewAt, err := r.ensureLeaf(ctx, cluster, ca, trusted, leaf, now)
 		if err != nil {
 			return 0, manifests.ComponentTLS{}, err
 		}
 		recheck = min(recheck, max(renewAt.Sub(now), time.Minute))
-		if leaf.secretName == manifests.CortexTLSSecretName(cluster.Name) {
+		if leaf.secretName == componentSecret {
 			component = componentTLS(data)
 		}
 	}
 	return recheck, component, nil
+}
+
+// deleteOwnedCertificate deletes the cert-manager Certificate name when this cluster controls it; one
+// someone else made is left alone.
+func (r *MetricsClusterReconciler) deleteOwnedCertificate(ctx context.Context, cluster *v1alpha1.MetricsCluster, name string) error {
+	certificate := &metav1.PartialObjectMetadata{}
+	certificate.SetGroupVersionKind(certificateKind)
+	err := r.Client.Get(ctx, client.ObjectKey{Namespace: cluster.Namespace, Name: name}, certificate)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("get Certificate %s: %w", name, err)
+	}
+	if !metav1.IsControlledBy(certificate, cluster) {
+		return nil
+	}
+	if err := r.Client.Delete(ctx, certificate, client.Preconditions{UID: &certificate.UID}); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("delete Certificate %s, whose issuerRef was removed: %w", name, err)
+	}
+	return nil
 }
 
 // componentTLS is the component certificate as the Cortex pods mount it, identified by a hash of the

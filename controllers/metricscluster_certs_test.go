@@ -1,16 +1,20 @@
 package controllers
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
 	"github.com/opstrace/opstrace/internal/certs"
@@ -258,4 +262,102 @@ func TestCARenewalKeepsLeavesTrustedAcrossTheSwitch(t *testing.T) {
 // pemOf is the PEM of a parsed certificate.
 func pemOf(cert *x509.Certificate) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
+}
+
+// certificateOf reads the cert-manager Certificate name: its dnsNames and issuer; found is false when there is none.
+func (h *harness) certificateOf(name string) (dnsNames []string, issuer string, found bool) {
+	h.t.Helper()
+	certificate := &unstructured.Unstructured{}
+	certificate.SetAPIVersion("cert-manager.io/v1")
+	certificate.SetKind("Certificate")
+	err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: name}, certificate)
+	if apierrors.IsNotFound(err) {
+		return nil, "", false
+	}
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	dnsNames, _, _ = unstructured.NestedStringSlice(certificate.Object, "spec", "dnsNames")
+	kind, _, _ := unstructured.NestedString(certificate.Object, "spec", "issuerRef", "kind")
+	issuerName, _, _ := unstructured.NestedString(certificate.Object, "spec", "issuerRef", "name")
+	return dnsNames, kind + "/" + issuerName, true
+}
+
+// A public ACME issuer (Let's Encrypt) cannot sign *.svc names nor writes ca.crt: spec.gateway.tls.issuerRef
+// gives it the gateway's certificate alone, for gateway.hostname only, while the components' mutual TLS
+// stays on the built-in CA (or spec.tls.issuerRef). Removing it gives the gateway back to the built-in CA
+// and deletes the Certificate, so that cert-manager and the controller do not take turns on the Secret.
+func TestGatewayIssuerRefIssuesOnlyTheGatewayCertificateForItsHostname(t *testing.T) {
+	h := newHarness(t)
+	letsEncrypt := &v1alpha1.IssuerReference{Name: "opstrace-letsencrypt-prod", Kind: "ClusterIssuer"}
+
+	// The API server refuses a gateway issuer without the hostname it would issue for, and says how to fix it.
+	noHost := singleCluster("nohost")
+	noHost.Namespace = h.ns
+	noHost.Spec.Gateway.TLS = &v1alpha1.GatewayTLSSpec{IssuerRef: letsEncrypt}
+	err := env.Client.Create(context.Background(), noHost)
+	if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "spec.gateway.tls.issuerRef") ||
+		!strings.Contains(err.Error(), "set gateway.hostname to the name clients use") {
+		t.Fatalf("a gateway issuer without gateway.hostname: %v", err)
+	}
+
+	cluster := singleCluster("metrics")
+	cluster.Spec.Gateway.Hostname = "metrics.example.com"
+	cluster.Spec.Gateway.TLS = &v1alpha1.GatewayTLSSpec{IssuerRef: letsEncrypt}
+	h.create(cluster)
+	h.reconcileCluster("metrics")
+
+	gatewaySecret, componentSecret := manifests.GatewayTLSSecretName("metrics"), manifests.CortexTLSSecretName("metrics")
+	names, issuer, found := h.certificateOf(gatewaySecret)
+	if !found || !slices.Equal(names, []string{"metrics.example.com"}) || issuer != "ClusterIssuer/opstrace-letsencrypt-prod" {
+		t.Fatalf("gateway Certificate: found %v, dnsNames %v, issuer %s; want [metrics.example.com] from ClusterIssuer/opstrace-letsencrypt-prod", found, names, issuer)
+	}
+	if _, _, found := h.certificateOf(componentSecret); found {
+		t.Fatal("the components' certificate went to the gateway's issuer: an ACME issuer cannot sign their *.svc names")
+	}
+	// The components keep mutual TLS from the built-in CA; the gateway's Secret is cert-manager's to write.
+	h.leafOf(componentSecret, manifests.CASecretName("metrics"), "metrics-all."+h.ns+".svc")
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: gatewaySecret}, &corev1.Secret{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("the controller wrote the gateway Secret that cert-manager issues: %v", err)
+	}
+	// Nothing changed: once the status has caught up (one more reconcile), a reconcile writes nothing.
+	h.reconcileCluster("metrics")
+	before := h.writes.n.Load()
+	h.reconcileCluster("metrics")
+	if writes := h.writes.n.Load() - before; writes != 0 {
+		t.Errorf("an unchanged reconcile made %d write calls, want 0", writes)
+	}
+
+	// With spec.tls.issuerRef too, each certificate goes to its own issuer, and no built-in CA is made.
+	mixed := singleCluster("mixed")
+	mixed.Spec.Gateway.Hostname = "mixed.example.com"
+	mixed.Spec.Gateway.TLS = &v1alpha1.GatewayTLSSpec{IssuerRef: letsEncrypt}
+	mixed.Spec.TLS.IssuerRef = &v1alpha1.IssuerReference{Name: "internal-ca", Kind: "Issuer"}
+	h.create(mixed)
+	h.reconcileCluster("mixed")
+	if names, issuer, _ := h.certificateOf(manifests.GatewayTLSSecretName("mixed")); !slices.Equal(names, []string{"mixed.example.com"}) || issuer != "ClusterIssuer/opstrace-letsencrypt-prod" {
+		t.Errorf("gateway Certificate of mixed: %v from %s", names, issuer)
+	}
+	if names, issuer, _ := h.certificateOf(manifests.CortexTLSSecretName("mixed")); !slices.Contains(names, "mixed-all."+h.ns+".svc") || issuer != "Issuer/internal-ca" {
+		t.Errorf("component Certificate of mixed: %v from %s", names, issuer)
+	}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: manifests.CASecretName("mixed")}, &corev1.Secret{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a built-in CA was made although cert-manager issues every certificate: %v", err)
+	}
+
+	// gateway.tls removed: the built-in CA issues the gateway's certificate (in-cluster names and the
+	// hostname) and the Certificate is gone.
+	h.get("metrics", cluster)
+	cluster.Spec.Gateway.TLS = nil
+	if err := env.Client.Update(context.Background(), cluster); err != nil {
+		t.Fatal(err)
+	}
+	h.reconcileCluster("metrics")
+	if _, _, found := h.certificateOf(gatewaySecret); found {
+		t.Fatal("the gateway Certificate was kept after gateway.tls.issuerRef was removed: cert-manager would overwrite the built-in CA's certificate")
+	}
+	gateway := h.leafOf(gatewaySecret, manifests.CASecretName("metrics"), "metrics.example.com")
+	if err := gateway.VerifyHostname("metrics-gateway." + h.ns + ".svc"); err != nil {
+		t.Errorf("the built-in CA's gateway certificate lacks the in-cluster name: %v", err)
+	}
 }

@@ -279,8 +279,21 @@ type RetentionSpec struct {
 
 // TLSSpec selects who issues the cluster's certificates.
 type TLSSpec struct {
-	// IssuerRef is a cert-manager issuer that issues the certificates. When unset, the controller runs a
-	// built-in certificate authority and renews its certificates itself.
+	// IssuerRef is a cert-manager issuer that issues the certificates: the components' and, unless
+	// gateway.tls.issuerRef is set, the gateway's. It must sign cluster-internal names (*.svc) and write
+	// ca.crt, as a CA issuer does; a public ACME issuer such as Let's Encrypt cannot, so set that one as
+	// gateway.tls.issuerRef instead. When unset, the controller runs a built-in certificate authority and
+	// renews its certificates itself.
+	// +optional
+	IssuerRef *IssuerReference `json:"issuerRef,omitempty"`
+}
+
+// GatewayTLSSpec selects who issues the gateway's certificate, apart from the components'.
+type GatewayTLSSpec struct {
+	// IssuerRef is a cert-manager issuer, such as an ACME (Let's Encrypt) ClusterIssuer, that issues the
+	// gateway's certificate for gateway.hostname alone: public certificate authorities do not issue for
+	// cluster-internal names, so in-cluster clients reach the gateway by that hostname too. The
+	// components' certificates stay with spec.tls (the built-in CA, or spec.tls.issuerRef).
 	// +optional
 	IssuerRef *IssuerReference `json:"issuerRef,omitempty"`
 }
@@ -308,6 +321,7 @@ type IssuerReference struct {
 // GatewaySpec exposes the gateway, the cluster's one HTTPS endpoint for every tenant.
 //
 // +kubebuilder:validation:XValidation:rule="!has(self.allowedSourceRanges) || self.serviceType == 'LoadBalancer'",message="gateway.allowedSourceRanges applies only to gateway.serviceType LoadBalancer",fieldPath=".allowedSourceRanges"
+// +kubebuilder:validation:XValidation:rule="!has(self.tls) || !has(self.tls.issuerRef) || (has(self.hostname) && self.hostname != '')",message="gateway.tls.issuerRef issues the gateway's certificate for gateway.hostname only: set gateway.hostname to the name clients use, such as metrics.example.com, or remove gateway.tls.issuerRef",fieldPath=".tls.issuerRef"
 type GatewaySpec struct {
 	// ServiceType of the gateway's Service: ClusterIP, NodePort or LoadBalancer.
 	// +kubebuilder:validation:Enum=ClusterIP;NodePort;LoadBalancer
@@ -328,6 +342,10 @@ type GatewaySpec struct {
 	// +listType=set
 	// +optional
 	AllowedSourceRanges []string `json:"allowedSourceRanges,omitempty"`
+
+	// TLS selects who issues the gateway's certificate; unset, spec.tls does.
+	// +optional
+	TLS *GatewayTLSSpec `json:"tls,omitempty"`
 }
 
 // MetricsClusterStatus is the observed state of a MetricsCluster.
@@ -339,6 +357,11 @@ type MetricsClusterStatus struct {
 	// Version is the Cortex release every component runs; it changes only when all of them run it.
 	// +optional
 	Version string `json:"version,omitempty"`
+
+	// LogsVersion is the Loki release every Loki component runs; it changes only when all of them run it.
+	// Empty while logs are off.
+	// +optional
+	LogsVersion string `json:"logsVersion,omitempty"`
 
 	// GatewayEndpoint is the URL clients send metrics and logs to and query: the URL of a Grafana Prometheus
 	// or Loki data source.
