@@ -41,6 +41,16 @@ func ValidateName(name string) error {
 // ResourceName is the name of a cluster's resource of the given role, e.g. "opstrace-prod-vpc".
 func ResourceName(cluster, role string) string { return "opstrace-" + cluster + "-" + role }
 
+// GatewayHostname is the gateway's DNS name under the domain of the config key dns.
+func GatewayHostname(domain string) string { return "metrics." + strings.TrimSuffix(domain, ".") }
+
+// cert-manager, which a cloud install runs for a Let's Encrypt cert_issuer: its release's namespace and the
+// service account of its controller, which the cloud identity for DNS01 challenges trusts.
+const (
+	CertManagerNamespace      = "cert-manager"
+	CertManagerServiceAccount = "cert-manager"
+)
+
 // Bucket kinds.
 const (
 	BucketMetrics = "metrics"

@@ -1,10 +1,10 @@
 // Package aws creates, finds and deletes the AWS resources of an Opstrace cluster: S3 buckets, the VPC
 // and its subnets, NAT gateway and routes, IAM roles (IRSA for the workloads), the EKS cluster and its
-// node group. Each resource is a plan.Step; see Steps.
+// node group, the gateway's DNS name in Route 53. Each resource is a plan.Step; see Steps.
 //
 // The steps call AWS through the narrow interfaces below, which list only the SDK methods they use: the
 // real clients of aws-sdk-go-v2 satisfy them, and tests substitute MinIO for S3 and in-memory fakes for
-// the APIs that cannot run offline (EC2, IAM, EKS).
+// the APIs that cannot run offline (EC2, IAM, EKS, Route 53).
 package aws
 
 import (
@@ -17,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/eks"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
+	"github.com/aws/aws-sdk-go-v2/service/route53"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 )
@@ -124,6 +125,8 @@ type Clients struct {
 	EC2    EC2API
 	IAM    IAMAPI
 	EKS    EKSAPI
+	// Route53 holds the gateway's DNS name (config key dns); Route 53 is global, not of the region.
+	Route53 Route53API
 	// STS presigns the GetCallerIdentity request that is the EKS API server's bearer token (EKSToken).
 	STS STSPresignAPI
 	// PollInterval is how often a step polls a resource that is becoming ready or going away (EKS,
@@ -146,12 +149,13 @@ func NewClients(ctx context.Context, region string) (*Clients, aws.Config, error
 		return nil, aws.Config{}, fmt.Errorf("load AWS credentials (environment, ~/.aws/config, AWS_PROFILE): %w", err)
 	}
 	return &Clients{
-		Region: region,
-		S3:     s3.NewFromConfig(cfg),
-		EC2:    ec2.NewFromConfig(cfg),
-		IAM:    iam.NewFromConfig(cfg),
-		EKS:    eks.NewFromConfig(cfg),
-		STS:    sts.NewPresignClient(sts.NewFromConfig(cfg)),
+		Region:  region,
+		S3:      s3.NewFromConfig(cfg),
+		EC2:     ec2.NewFromConfig(cfg),
+		IAM:     iam.NewFromConfig(cfg),
+		EKS:     eks.NewFromConfig(cfg),
+		Route53: route53.NewFromConfig(cfg),
+		STS:     sts.NewPresignClient(sts.NewFromConfig(cfg)),
 	}, cfg, nil
 }
 

@@ -46,13 +46,15 @@ func kindOf(err error) plan.Kind {
 		case "AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnauthorizedAccess",
 			"AuthorizationError", "Forbidden":
 			return plan.PermissionDenied
-		case "NoSuchBucket", "NoSuchEntity", "NotFound", "ResourceNotFoundException", "NoSuchTagSet",
+		case "NoSuchBucket", "NoSuchEntity", "NotFound", "ResourceNotFoundException", "NoSuchTagSet", "NoSuchHostedZone", "NoSuchChange",
 			"NoSuchLifecycleConfiguration", "ServerSideEncryptionConfigurationNotFoundError",
 			"NoSuchPublicAccessBlockConfiguration":
 			return plan.NotFound
 		case "DependencyViolation", "ResourceInUseException", "IncorrectState", "OperationAborted",
 			"ConcurrentModification", "ConcurrentModificationException", "IncorrectInstanceState",
-			"InvalidRouteTableID.NotFound":
+			"InvalidRouteTableID.NotFound",
+			// Route 53: a change batch whose CREATE or exact DELETE no longer matches the records.
+			"InvalidChangeBatch":
 			return plan.Conflict
 		case "BucketAlreadyExists":
 			return plan.NotOwned

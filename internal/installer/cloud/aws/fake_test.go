@@ -65,6 +65,9 @@ type world struct {
 	oidc    map[string][]iamtypes.Tag
 	eks     map[string]*feks
 	buckets map[string]*fbucket
+	zones   map[string]*fzone // Route 53 hosted zones by ID (fake_route53_test.go)
+	// recordPage is how many record sets ListResourceRecordSets returns per page without MaxItems.
+	recordPage int
 }
 
 type fvpc struct {
@@ -133,12 +136,13 @@ func newWorld(region string) *world {
 	return &world{region: region, inject: map[string][]error{}, latency: map[string]time.Duration{},
 		vpcs: map[string]*fvpc{}, igws: map[string]*figw{}, subnets: map[string]*fsubnet{}, eips: map[string][]ec2types.Tag{},
 		nats: map[string]*fnat{}, rts: map[string]*frt{}, roles: map[string]*frole{}, oidc: map[string][]iamtypes.Tag{},
-		eks: map[string]*feks{}, buckets: map[string]*fbucket{}}
+		eks: map[string]*feks{}, buckets: map[string]*fbucket{}, zones: map[string]*fzone{}, recordPage: 300}
 }
 
 // clients are the fake APIs of the world; S3 is fakeS3 unless the test sets a real one.
 func (w *world) clients() *Clients {
-	return &Clients{Region: w.region, S3: (*fakeS3)(w), EC2: (*fakeEC2)(w), IAM: (*fakeIAM)(w), EKS: (*fakeEKS)(w), PollInterval: 10 * time.Second}
+	return &Clients{Region: w.region, S3: (*fakeS3)(w), EC2: (*fakeEC2)(w), IAM: (*fakeIAM)(w), EKS: (*fakeEKS)(w),
+		Route53: (*fakeRoute53)(w), PollInterval: 10 * time.Second}
 }
 
 // call records a request and applies the faults; it returns with w.mu held (release with w.done).
@@ -248,6 +252,11 @@ func (w *world) inventory() []string {
 	}
 	for name, b := range w.buckets {
 		out = append(out, fmt.Sprintf("bucket %s rules=%d enc=%v pab=%v", name, len(b.lifecycle), b.enc != nil, b.pab != nil))
+	}
+	for id, z := range w.zones {
+		for _, r := range z.records {
+			out = append(out, fmt.Sprintf("record %s %s %s %s", id, aws.ToString(r.Name), r.Type, strings.Join(recordValues(r), " ")))
+		}
 	}
 	slices.Sort(out)
 	return out

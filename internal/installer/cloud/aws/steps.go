@@ -38,7 +38,7 @@ func Steps(c *Clients, cluster string, cfg config.Config) []plan.Step {
 	for i, z := range cfg.AWS.ZoneSuffixes {
 		zones[i] = cfg.AWS.Region + z
 	}
-	return []plan.Step{
+	steps := []plan.Step{
 		&bucketStep{c: c, cluster: cluster, kind: cloud.BucketMetrics, days: cfg.MetricRetentionDays},
 		&bucketStep{c: c, cluster: cluster, kind: cloud.BucketLogs, days: cfg.LogRetentionDays},
 		&vpcStep{c: c, cluster: cluster},
@@ -61,6 +61,7 @@ func Steps(c *Clients, cluster string, cfg config.Config) []plan.Step {
 		workloadRole(c, cluster, "aws/loki-role", LokiRoleName(cluster), WorkloadNamespace,
 			manifests.LokiServiceAccountName(cluster), cloud.BucketName(cluster, cloud.BucketLogs), "aws/bucket-logs"),
 	}
+	return append(steps, dnsSteps(c, cluster, cfg)...)
 }
 
 // KubeAccess is what a client of the EKS cluster's API server needs.
@@ -122,7 +123,11 @@ func Find(ctx context.Context, c *Clients, cluster string) (map[string][]cloud.R
 		filter = []ec2types.Filter{ownerFilter(cluster)}
 	}
 	var errs []error
-	// EKS first: an EKS cluster lives on its subnets, so the sweep deletes in this order.
+	// The gateway's DNS records first: they point at a load balancer that goes with the cluster.
+	if err := findRecords(ctx, c.Route53, add); err != nil {
+		errs = append(errs, err)
+	}
+	// EKS next: an EKS cluster lives on its subnets, so the sweep deletes in this order.
 	if list, err := c.EKS.ListClusters(ctx, &eks.ListClustersInput{}); err != nil {
 		errs = append(errs, classify("list EKS clusters", "eks:ListClusters", err))
 	} else {
@@ -229,7 +234,7 @@ func iamOwner(tags []iamtypes.Tag) string {
 }
 
 // Sweep deletes every resource still tagged for cluster after destroy's steps, in the order Find lists them
-// (node groups, clusters, NAT gateways, addresses, route tables, subnets, gateways, VPCs, roles, providers,
+// (DNS records, node groups, clusters, NAT gateways, addresses, route tables, subnets, gateways, VPCs, roles, providers,
 // buckets). With dryRun it deletes nothing and reports what it would remove as Removed.
 func Sweep(ctx context.Context, c *Clients, cluster string, dryRun bool) (cloud.SweepReport, error) {
 	found, err := Find(ctx, c, cluster)
@@ -239,7 +244,7 @@ func Sweep(ctx context.Context, c *Clients, cluster string, dryRun bool) (cloud.
 			rep.Removed = append(rep.Removed, r)
 			continue
 		}
-		if derr := deleteResource(ctx, c, r); derr != nil {
+		if derr := deleteResource(ctx, c, cluster, r); derr != nil {
 			rep.Left = append(rep.Left, cloud.Left{Resource: r, Err: derr})
 		} else {
 			rep.Removed = append(rep.Removed, r)
@@ -248,10 +253,12 @@ func Sweep(ctx context.Context, c *Clients, cluster string, dryRun bool) (cloud.
 	return rep, err
 }
 
-func deleteResource(ctx context.Context, c *Clients, r cloud.Resource) error {
+func deleteResource(ctx context.Context, c *Clients, cluster string, r cloud.Resource) error {
 	id := r.ID
 	var err error
 	switch r.Kind {
+	case kindRecord:
+		return deleteRecord(ctx, c.Route53, cluster, id)
 	case "eks:nodegroup":
 		cluster, ng, _ := strings.Cut(id, "/")
 		return deleteNodeGroup(ctx, c, cluster, ng)
