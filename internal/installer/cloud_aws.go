@@ -32,7 +32,7 @@ var awsClientsFunc = func(ctx context.Context, region string) (*awscloud.Clients
 	return c, err
 }
 
-// addCloudCommands adds the aws subcommands to create, destroy, list and status, and kube-token.
+// addCloudCommands adds the aws subcommands to create, destroy, list, status, upgrade and verify, and kube-token.
 func addCloudCommands(root *cobra.Command) {
 	root.AddCommand(newKubeTokenCommand())
 	for _, c := range root.Commands() {
@@ -45,6 +45,10 @@ func addCloudCommands(root *cobra.Command) {
 			c.AddCommand(newListAWSCommand())
 		case "status":
 			c.AddCommand(newStatusAWSCommand())
+		case "upgrade":
+			c.AddCommand(newUpgradeCloudCommand(config.ProviderAWS))
+		case "verify":
+			c.AddCommand(newVerifyCloudCommand(config.ProviderAWS))
 		}
 	}
 }

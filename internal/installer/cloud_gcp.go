@@ -28,7 +28,7 @@ var gcpClientsFunc = func(ctx context.Context, project, region string) (*gcpclou
 // as (GKE workload identity).
 const gcpServiceAccountAnnotation = "iam.gke.io/gcp-service-account"
 
-// addGCPCommands adds the gcp subcommands to create, destroy, list and status.
+// addGCPCommands adds the gcp subcommands to create, destroy, list, status, upgrade and verify.
 func addGCPCommands(root *cobra.Command) {
 	for _, c := range root.Commands() {
 		switch c.Name() {
@@ -40,6 +40,10 @@ func addGCPCommands(root *cobra.Command) {
 			c.AddCommand(newListGCPCommand())
 		case "status":
 			c.AddCommand(newStatusGCPCommand())
+		case "upgrade":
+			c.AddCommand(newUpgradeCloudCommand(config.ProviderGCP))
+		case "verify":
+			c.AddCommand(newVerifyCloudCommand(config.ProviderGCP))
 		}
 	}
 }

@@ -14,15 +14,16 @@ import (
 	"strconv"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	ctrlclient "sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
+	"github.com/opstrace/opstrace/internal/manifests"
 	"github.com/opstrace/opstrace/internal/remotewrite"
 )
 
-// verifyLocal is `opstrace verify local NAME`: a canary write through the gateway as tenant, then the same
-// series read back with PromQL; with logs on, a log line pushed through the gateway's Loki API and read back
-// with LogQL. It reports the latencies and fails when the sample or the line does not come back.
+// verifyLocal is `opstrace verify local NAME`: the canary (see canary) through the gateway on this machine's
+// host port, trusting the gateway CA file that create and upgrade keep.
 func verifyLocal(ctx context.Context, name, tenant string, out io.Writer) error {
 	c, err := openLocalCluster(name)
 	if err != nil {
@@ -39,7 +40,7 @@ func verifyLocal(ctx context.Context, name, tenant string, out io.Writer) error 
 	if err != nil {
 		return err
 	}
-	token, err := c.token(ctx, kube, tenant)
+	token, err := tenantToken(ctx, kube, LocalNamespace, tenant)
 	if err != nil {
 		return err
 	}
@@ -47,8 +48,43 @@ func verifyLocal(ctx context.Context, name, tenant string, out io.Writer) error 
 	if err != nil {
 		return err
 	}
-	gatewayURL := c.GatewayURL(ports)
+	var mc v1alpha1.MetricsCluster
+	if err := kube.Get(ctx, ctrlclient.ObjectKey{Namespace: LocalNamespace, Name: name}, &mc); err != nil {
+		return fmt.Errorf("verify: read MetricsCluster %s: %w", name, err)
+	}
+	return canary(ctx, gatewayConn{URL: c.GatewayURL(ports), Client: client}, token, tenant, "local cluster "+name,
+		mc.Spec.Logs.IsEnabled(), out)
+}
 
+// gatewayConn is how the CLI reaches a cluster's gateway: the base URL requests name (its host is also the
+// TLS server name) and a client that trusts the gateway's CA and dials where the gateway listens.
+type gatewayConn struct {
+	URL    string
+	Client *http.Client
+}
+
+// tenantToken reads the token the Tenant controller keeps for tenant in the Secret tenant-TENANT-token of
+// the cluster's namespace. The token is a credential: it is returned, never printed or put in an error.
+func tenantToken(ctx context.Context, kube ctrlclient.Client, namespace, tenant string) (string, error) {
+	var secret corev1.Secret
+	key := ctrlclient.ObjectKey{Namespace: namespace, Name: manifests.TenantTokenSecretName(tenant)}
+	if err := kube.Get(ctx, key, &secret); err != nil {
+		return "", fmt.Errorf("read the token of tenant %s (Secret %s/%s): %w; the controller writes it for each Tenant "+
+			"(kubectl get tenants -n %s lists them)", tenant, key.Namespace, key.Name, err, namespace)
+	}
+	token := string(secret.Data[manifests.TenantTokenKey])
+	if token == "" {
+		return "", fmt.Errorf("the token of tenant %s (Secret %s/%s, key %s) is empty: the controller has not issued it yet; "+
+			"kubectl describe tenant %s -n %s says why", tenant, key.Namespace, key.Name, manifests.TenantTokenKey, tenant, namespace)
+	}
+	return token, nil
+}
+
+// canary is what verify does on every kind of cluster: a unique series written through the gateway as
+// tenant, then read back with PromQL; with logs on, a log line pushed through the gateway's Loki API and
+// read back with LogQL. It reports the latencies and fails when the sample or the line does not come back.
+// what names the cluster in the report ("local cluster dev").
+func canary(ctx context.Context, gw gatewayConn, token, tenant, what string, logs bool, out io.Writer) error {
 	var raw [8]byte
 	_, _ = rand.Read(raw[:])
 	run := hex.EncodeToString(raw[:])
@@ -58,17 +94,17 @@ func verifyLocal(ctx context.Context, name, tenant string, out io.Writer) error 
 		Samples: []remotewrite.Sample{{Value: 1, TimestampMsec: at.UnixMilli()}},
 	}
 	start := time.Now()
-	if err := pushSeries(ctx, client, gatewayURL, token, series); err != nil {
-		return fmt.Errorf("verify: write as tenant %s: %w", tenant, err)
+	if err := pushSeries(ctx, gw.Client, gw.URL, token, series); err != nil {
+		return fmt.Errorf("verify: write as tenant %s to %s: %w", tenant, gw.URL, err)
 	}
 	wrote := time.Since(start)
 
 	promql := fmt.Sprintf(`opstrace_verify{run=%q}`, run)
 	start = time.Now()
 	for {
-		found, err := queryFound(ctx, client, gatewayURL, token, promql, at)
+		found, err := queryFound(ctx, gw.Client, gw.URL, token, promql, at)
 		if err != nil {
-			return fmt.Errorf("verify: read as tenant %s: %w", tenant, err)
+			return fmt.Errorf("verify: read as tenant %s from %s: %w", tenant, gw.URL, err)
 		}
 		if found {
 			break
@@ -78,22 +114,18 @@ func verifyLocal(ctx context.Context, name, tenant string, out io.Writer) error 
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	fmt.Fprintf(out, "verified local cluster %s as tenant %s: write %s, read back %s (%s)\n",
-		name, tenant, wrote.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), promql)
+	fmt.Fprintf(out, "verified %s as tenant %s: write %s, read back %s (%s)\n",
+		what, tenant, wrote.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), promql)
 
-	var mc v1alpha1.MetricsCluster
-	if err := kube.Get(ctx, ctrlclient.ObjectKey{Namespace: LocalNamespace, Name: name}, &mc); err != nil {
-		return fmt.Errorf("verify: read MetricsCluster %s: %w", name, err)
-	}
-	if !mc.Spec.Logs.IsEnabled() {
-		fmt.Fprintf(out, "logs are off for local cluster %s (spec.logs.enabled: false): no log line written\n", name)
+	if !logs {
+		fmt.Fprintf(out, "logs are off for %s (spec.logs.enabled: false): no log line written\n", what)
 		return nil
 	}
-	return verifyLogs(ctx, client, gatewayURL, token, tenant, run, out)
+	return verifyLogs(ctx, gw.Client, gw.URL, token, tenant, what, run, out)
 }
 
 // verifyLogs pushes one log line through the gateway's Loki API and reads it back with LogQL query_range.
-func verifyLogs(ctx context.Context, client *http.Client, gatewayURL, token, tenant, run string, out io.Writer) error {
+func verifyLogs(ctx context.Context, client *http.Client, gatewayURL, token, tenant, what, run string, out io.Writer) error {
 	at := time.Now()
 	line := "opstrace verify " + run
 	start := time.Now()
@@ -116,8 +148,8 @@ func verifyLogs(ctx context.Context, client *http.Client, gatewayURL, token, ten
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	fmt.Fprintf(out, "verified logs of local cluster as tenant %s: push %s, read back %s (%s)\n",
-		tenant, wrote.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), logql)
+	fmt.Fprintf(out, "verified logs of %s as tenant %s: push %s, read back %s (%s)\n",
+		what, tenant, wrote.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), logql)
 	return nil
 }
 
