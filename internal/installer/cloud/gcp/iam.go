@@ -47,27 +47,41 @@ func serviceAccountPath(project, email string) string {
 }
 
 // identityStep is the Google service account of one Kubernetes service account (workload identity): the
-// KSA may act as it, and it may use only its bucket. It needs the GKE cluster, whose creation makes the
-// project's workload identity pool (IAM refuses a binding naming a pool that does not exist), and the
-// bucket.
+// KSA may act as it, and it holds one role on one resource (grant): its bucket, or for cert-manager the DNS
+// zone. It needs the GKE cluster, whose creation makes the project's workload identity pool (IAM refuses a
+// binding naming a pool that does not exist), and the step of that resource.
 type identityStep struct {
-	c          *Clients
-	cluster    string
-	step       string
-	role       string // "cortex" or "loki"
-	namespace  string
-	ksa        string
-	bucket     string
-	bucketStep string
+	c         *Clients
+	cluster   string
+	step      string
+	role      string // "cortex", "loki" or "cert-manager"
+	namespace string
+	ksa       string
+	grant     grant
+}
+
+// grant is the one role a workload's service account holds on one resource.
+type grant interface {
+	// describe is the grant as the plan shows it.
+	describe() string
+	// dependsOn is the step of the resource.
+	dependsOn() string
+	// bound says whether member holds the role.
+	bound(ctx context.Context, member string) (bool, error)
+	// bind grants the role to member, keeping the other bindings.
+	bind(ctx context.Context, member string) error
+	// unbind removes member before its service account is deleted; a resource deleted with the cluster
+	// (its bucket) needs nothing, one that stays (the DNS zone) would keep a binding of a deleted account.
+	unbind(ctx context.Context, member string) error
 }
 
 type identityState struct {
-	Bound       bool // the workload identity binding is exactly the KSA
-	BucketBound bool // the bucket grants RoleObjectAdmin to the account
+	Bound   bool // the workload identity binding is exactly the KSA
+	Granted bool // the service account holds its role on its resource
 }
 
 func (s *identityStep) Name() string        { return s.step }
-func (s *identityStep) DependsOn() []string { return []string{"gcp/gke-cluster", s.bucketStep} }
+func (s *identityStep) DependsOn() []string { return []string{"gcp/gke-cluster", s.grant.dependsOn()} }
 
 func (s *identityStep) email() string  { return ServiceAccountEmail(s.c.Project, s.cluster, s.role) }
 func (s *identityStep) member() string { return "serviceAccount:" + s.email() }
@@ -93,11 +107,9 @@ func (s *identityStep) Observe(ctx context.Context) (plan.Observation, error) {
 		return plan.Observation{}, classify("read IAM policy of service account "+s.email(), "iam.serviceAccounts.getIamPolicy", err)
 	}
 	st.Bound = slices.Equal(members(pol.InternalProto, RoleWorkloadIdentityUser), []string{s.ksaMember()})
-	bp, err := s.c.Storage.BucketPolicy(ctx, s.bucket)
-	if err != nil && !isNotFound(err) {
-		return plan.Observation{}, classify("read IAM policy of bucket "+s.bucket, "storage.buckets.getIamPolicy", err)
+	if st.Granted, err = s.grant.bound(ctx, s.member()); err != nil {
+		return plan.Observation{}, err
 	}
-	st.BucketBound = err == nil && slices.Contains(members(bp, RoleObjectAdmin), s.member())
 	return plan.Observation{Exists: true, ID: sa.GetEmail(), Detail: st}, nil
 }
 
@@ -113,16 +125,15 @@ func members(p *iampb.Policy, role string) []string {
 func (s *identityStep) Plan(obs plan.Observation) plan.Change {
 	st := obs.Detail.(identityState)
 	bind := RoleWorkloadIdentityUser + " for " + s.ksaMember()
-	bucket := RoleObjectAdmin + " on bucket " + s.bucket + " only"
 	if !obs.Exists {
-		return plan.Change{Action: plan.Create, Desired: st, Diff: []string{"service account " + s.email(), bind, bucket}}
+		return plan.Change{Action: plan.Create, Desired: st, Diff: []string{"service account " + s.email(), bind, s.grant.describe()}}
 	}
 	var diff []string
 	if !st.Bound {
 		diff = append(diff, bind)
 	}
-	if !st.BucketBound {
-		diff = append(diff, bucket)
+	if !st.Granted {
+		diff = append(diff, s.grant.describe())
 	}
 	if len(diff) == 0 {
 		return plan.NoChange()
@@ -134,13 +145,15 @@ func (s *identityStep) PlanDestroy(obs plan.Observation) plan.Change {
 	if !obs.Exists {
 		return plan.NoChange()
 	}
-	// The bucket's binding goes with the bucket, deleted after this step.
 	return plan.Change{Action: plan.Delete, Diff: []string{"delete service account " + s.email()}}
 }
 
 func (s *identityStep) Apply(ctx context.Context, c plan.Change) error {
 	path := serviceAccountPath(s.c.Project, s.email())
 	if c.Action == plan.Delete {
+		if err := s.grant.unbind(ctx, s.member()); err != nil {
+			return err
+		}
 		return deleteServiceAccount(ctx, s.c, path)
 	}
 	st := c.Desired.(identityState)
@@ -167,21 +180,47 @@ func (s *identityStep) Apply(ctx context.Context, c plan.Change) error {
 			return classify("bind "+s.ksaMember()+" to service account "+s.email(), "iam.serviceAccounts.setIamPolicy", err)
 		}
 	}
-	if !st.BucketBound {
-		bp, err := s.c.Storage.BucketPolicy(ctx, s.bucket)
-		if err != nil {
-			return classify("read IAM policy of bucket "+s.bucket, "storage.buckets.getIamPolicy", err)
-		}
-		p := proto.Clone(bp).(*iampb.Policy)
-		if !slices.Contains(members(p, RoleObjectAdmin), s.member()) {
-			setMembers(p, RoleObjectAdmin, append(members(p, RoleObjectAdmin), s.member()))
-		}
-		if err := s.c.Storage.SetBucketPolicy(ctx, s.bucket, p); err != nil {
-			return classify("grant "+RoleObjectAdmin+" on bucket "+s.bucket, "storage.buckets.setIamPolicy", err)
-		}
+	if !st.Granted {
+		return s.grant.bind(ctx, s.member())
 	}
 	return nil
 }
+
+// bucketGrant is RoleObjectAdmin on a workload's own bucket. The bucket's binding goes with the bucket,
+// deleted after the identity.
+type bucketGrant struct {
+	storage StorageAPI
+	bucket  string
+	step    string
+}
+
+func (g bucketGrant) describe() string  { return RoleObjectAdmin + " on bucket " + g.bucket + " only" }
+func (g bucketGrant) dependsOn() string { return g.step }
+
+func (g bucketGrant) bound(ctx context.Context, member string) (bool, error) {
+	bp, err := g.storage.BucketPolicy(ctx, g.bucket)
+	if err != nil && !isNotFound(err) {
+		return false, classify("read IAM policy of bucket "+g.bucket, "storage.buckets.getIamPolicy", err)
+	}
+	return err == nil && slices.Contains(members(bp, RoleObjectAdmin), member), nil
+}
+
+func (g bucketGrant) bind(ctx context.Context, member string) error {
+	bp, err := g.storage.BucketPolicy(ctx, g.bucket)
+	if err != nil {
+		return classify("read IAM policy of bucket "+g.bucket, "storage.buckets.getIamPolicy", err)
+	}
+	p := proto.Clone(bp).(*iampb.Policy)
+	if !slices.Contains(members(p, RoleObjectAdmin), member) {
+		setMembers(p, RoleObjectAdmin, append(members(p, RoleObjectAdmin), member))
+	}
+	if err := g.storage.SetBucketPolicy(ctx, g.bucket, p); err != nil {
+		return classify("grant "+RoleObjectAdmin+" on bucket "+g.bucket, "storage.buckets.setIamPolicy", err)
+	}
+	return nil
+}
+
+func (g bucketGrant) unbind(context.Context, string) error { return nil }
 
 // setMembers makes the unconditional binding of role hold exactly members.
 func setMembers(p *iampb.Policy, role string, members []string) {

@@ -38,9 +38,11 @@ func Steps(c *Clients, cluster string, cfg config.Config) []plan.Step {
 		&clusterStep{c: c, cluster: cluster, version: cfg.KubernetesVersion, machineType: cfg.GCP.MachineType, nodeCount: cfg.NodeCount},
 		&nodePoolStep{c: c, cluster: cluster, machineType: cfg.GCP.MachineType, nodeCount: cfg.NodeCount},
 		&identityStep{c: c, cluster: cluster, step: "gcp/cortex-identity", role: RoleCortex, namespace: WorkloadNamespace,
-			ksa: manifests.CortexServiceAccountName(cluster), bucket: cloud.BucketName(cluster, cloud.BucketMetrics), bucketStep: "gcp/bucket-metrics"},
+			ksa: manifests.CortexServiceAccountName(cluster),
+			grant: bucketGrant{storage: c.Storage, bucket: cloud.BucketName(cluster, cloud.BucketMetrics), step: "gcp/bucket-metrics"}},
 		&identityStep{c: c, cluster: cluster, step: "gcp/loki-identity", role: RoleLoki, namespace: WorkloadNamespace,
-			ksa: manifests.LokiServiceAccountName(cluster), bucket: cloud.BucketName(cluster, cloud.BucketLogs), bucketStep: "gcp/bucket-logs"},
+			ksa: manifests.LokiServiceAccountName(cluster),
+			grant: bucketGrant{storage: c.Storage, bucket: cloud.BucketName(cluster, cloud.BucketLogs), step: "gcp/bucket-logs"}},
 	}
 }
 
