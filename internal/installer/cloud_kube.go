@@ -7,8 +7,6 @@ package installer
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -22,7 +20,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -50,7 +47,6 @@ import (
 	"github.com/opstrace/opstrace/internal/installer/cloud"
 	"github.com/opstrace/opstrace/internal/installer/config"
 	"github.com/opstrace/opstrace/internal/installer/plan"
-	"github.com/opstrace/opstrace/internal/manifests"
 )
 
 // CloudConfigMap holds the rendered cluster config (key config.yaml) in the controller namespace, so that
@@ -774,68 +770,29 @@ func orDash(s string) string {
 	return s
 }
 
-// probeGateway asks the gateway's /-/ready over HTTPS, trusting only the cluster's CA. It dials the
-// load balancer's address and checks the certificate for the endpoint's host name (the load balancer's
-// own name is not in the certificate). It returns "ready" or what went wrong.
+// probeGateway asks the gateway's /-/ready over HTTPS where verify connects (cloudGateway: the load
+// balancer's address, or the configured host name), trusting what verify trusts. It returns "ready" or
+// what went wrong.
 func probeGateway(ctx context.Context, kube client.Client, mc *v1alpha1.MetricsCluster) string {
-	if mc.Status.GatewayEndpoint == "" {
-		return "no endpoint in the MetricsCluster's status yet"
-	}
-	endpoint, err := url.Parse(mc.Status.GatewayEndpoint)
-	if err != nil {
-		return "bad endpoint " + mc.Status.GatewayEndpoint + ": " + err.Error()
-	}
-	var secret corev1.Secret
-	if err := kube.Get(ctx, client.ObjectKey{Namespace: mc.Namespace, Name: manifests.GatewayTLSSecretName(mc.Name)}, &secret); err != nil {
-		return "no gateway certificate yet: " + err.Error()
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(secret.Data["ca.crt"]) {
-		return "the gateway certificate Secret holds no ca.crt"
-	}
-	var svc corev1.Service
-	if err := kube.Get(ctx, client.ObjectKey{Namespace: mc.Namespace, Name: manifests.ComponentName(mc.Name, manifests.ComponentGateway)}, &svc); err != nil {
-		return "no gateway Service: " + err.Error()
-	}
-	address := endpoint.Host
-	if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
-		if len(svc.Status.LoadBalancer.Ingress) == 0 {
-			return "the load balancer has no address yet"
-		}
-		ingress := svc.Status.LoadBalancer.Ingress[0]
-		host := ingress.Hostname
-		if host == "" {
-			host = ingress.IP
-		}
-		port := int32(manifests.GatewayServicePort)
-		for _, p := range svc.Spec.Ports {
-			if p.Name == manifests.PortHTTPS {
-				port = p.Port
-			}
-		}
-		address = net.JoinHostPort(host, strconv.Itoa(int(port)))
-	} else if endpoint.Port() == "" {
-		address = net.JoinHostPort(endpoint.Hostname(), "443")
-	}
-	transport := &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: endpoint.Hostname(), MinVersion: tls.VersionTLS12},
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, address)
-		},
-	}
-	defer transport.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+endpoint.Hostname()+"/-/ready", nil)
+	gw, via, err := cloudGateway(ctx, kube, mc)
 	if err != nil {
 		return err.Error()
 	}
-	res, err := (&http.Client{Timeout: 10 * time.Second, Transport: transport}).Do(req)
+	defer gw.Client.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, gw.URL+"/-/ready", nil)
 	if err != nil {
-		return "via " + address + ": " + err.Error()
+		return err.Error()
+	}
+	res, err := gw.Client.Do(req)
+	if err != nil {
+		return "via " + via + ": " + err.Error()
 	}
 	defer res.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(res.Body, 512))
 	if res.StatusCode != http.StatusOK {
-		return fmt.Sprintf("via %s: %d %s", address, res.StatusCode, strings.TrimSpace(string(body)))
+		return fmt.Sprintf("via %s: %d %s", via, res.StatusCode, strings.TrimSpace(string(body)))
 	}
 	return "ready"
 }
