@@ -451,33 +451,23 @@ func rolloutState(mc *v1alpha1.MetricsCluster, cortex string) (done bool, detail
 
 // newUpgradeCloudCommand is `opstrace upgrade aws|gcp NAME`.
 func newUpgradeCloudCommand(provider string) *cobra.Command {
-	flags := &cloudFlags{provider: provider}
 	var opts upgradeOptions
-	cmd := &cobra.Command{
-		Use:   provider + " NAME",
-		Short: "Upgrade the controller and CRDs of a " + strings.ToUpper(provider) + " cluster to this CLI's version, wait for the rollout, then verify it",
-		Long: "Reads the config create stored in the cluster (no file needed) and what is installed, prints what\n" +
-			"changes (controller and gateway images, chart, Cortex and Loki versions) and refuses a downgrade or a\n" +
-			"skip of more than one minor version, saying what to do instead. Then applies the CRDs by server-side\n" +
-			"apply, upgrades the Helm release, stores the new images in the stored config, waits for the controller\n" +
-			"and then the MetricsCluster to roll out (printing the Progressing message as it changes), and runs\n" +
+	cmd := newCloudClusterCommand(provider, "upgrade",
+		"Upgrade the controller and CRDs of a "+strings.ToUpper(provider)+" cluster to this CLI's version, wait for the rollout, then verify it",
+		"Reads the config create stored in the cluster (no file needed) and what is installed, prints what\n"+
+			"changes (controller and gateway images, chart, Cortex and Loki versions) and refuses a downgrade or a\n"+
+			"skip of more than one minor version, saying what to do instead. Then applies the CRDs by server-side\n"+
+			"apply, upgrades the Helm release, stores the new images in the stored config, waits for the controller\n"+
+			"and then the MetricsCluster to roll out (printing the Progressing message as it changes), and runs\n"+
 			"verify. A Degraded MetricsCluster stops the wait with its message.",
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, err := flags.cluster(ctx, args[0], "upgrade")
-			if err != nil {
-				return err
-			}
-			t, err := cloudUpgradeTarget(ctx, c, opts, cmd.OutOrStdout())
+		func(cmd *cobra.Command, c cloudCluster) error {
+			t, err := cloudUpgradeTarget(cmd.Context(), c, opts, cmd.OutOrStdout())
 			if err != nil {
 				return err
 			}
 			opts.confirm = func(q string) bool { return confirm(cmd, q) }
-			return runUpgrade(ctx, t, opts, cmd.OutOrStdout())
-		},
-	}
-	flags.register(cmd)
+			return runUpgrade(cmd.Context(), t, opts, cmd.OutOrStdout())
+		})
 	cmd.Flags().StringVar(&opts.controllerImage, "controller-image", "", "Controller image REPOSITORY:TAG to upgrade to (default: the installed repository at this CLI's version)")
 	cmd.Flags().StringVar(&opts.gatewayImage, "gateway-image", "", "Gateway image REPOSITORY:TAG to upgrade to (default: the installed repository at this CLI's version)")
 	cmd.Flags().BoolVar(&opts.yes, "yes", false, "Do not ask for confirmation")

@@ -89,27 +89,36 @@ func (f *cloudFlags) cluster(ctx context.Context, name, sub string) (cloudCluste
 	return cloudCluster{}, fmt.Errorf("unknown provider %q", f.provider)
 }
 
-func newVerifyCloudCommand(provider string) *cobra.Command {
+// newCloudClusterCommand is `SUB aws|gcp NAME` on an existing cluster: it checks the name and the
+// provider's flags, builds the provider's clients, then runs run.
+func newCloudClusterCommand(provider, sub, short, long string, run func(cmd *cobra.Command, c cloudCluster) error) *cobra.Command {
 	flags := &cloudFlags{provider: provider}
-	var tenant string
 	cmd := &cobra.Command{
-		Use:   provider + " NAME",
-		Short: "Write and read back a unique series (and a log line) through the gateway of a " + strings.ToUpper(provider) + " cluster; exit non-zero on failure",
-		Long: "Reads the tenant's token from its Secret in the cluster (it is never printed) and the gateway's CA from\n" +
-			"its certificate Secret (the system's CAs when that holds none, as with Let's Encrypt). Connects to the\n" +
-			"load balancer's address, or to the configured host name when the config has dns, presenting the\n" +
-			"endpoint's host name for TLS. Writes one sample, reads it back with PromQL, and with logs on pushes\n" +
-			"one log line and reads it back with LogQL, printing each latency.",
-		Args: cobra.ExactArgs(1),
+		Use: provider + " NAME", Short: short, Long: long, Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := flags.cluster(cmd.Context(), args[0], "verify")
+			c, err := flags.cluster(cmd.Context(), args[0], sub)
 			if err != nil {
 				return err
 			}
-			return verifyCloud(cmd.Context(), c, tenant, cmd.OutOrStdout())
+			return run(cmd, c)
 		},
 	}
 	flags.register(cmd)
+	return cmd
+}
+
+func newVerifyCloudCommand(provider string) *cobra.Command {
+	var tenant string
+	cmd := newCloudClusterCommand(provider, "verify",
+		"Write and read back a unique series (and a log line) through the gateway of a "+strings.ToUpper(provider)+" cluster; exit non-zero on failure",
+		"Reads the tenant's token from its Secret in the cluster (it is never printed) and the gateway's CA from\n"+
+			"its certificate Secret (the system's CAs when that holds none, as with Let's Encrypt). Connects to the\n"+
+			"load balancer's address, or to the configured host name when the config has dns, presenting the\n"+
+			"endpoint's host name for TLS. Writes one sample, reads it back with PromQL, and with logs on pushes\n"+
+			"one log line and reads it back with LogQL, printing each latency.",
+		func(cmd *cobra.Command, c cloudCluster) error {
+			return verifyCloud(cmd.Context(), c, tenant, cmd.OutOrStdout())
+		})
 	cmd.Flags().StringVar(&tenant, "tenant", v1alpha1.SystemTenant, "Tenant to write and read as.")
 	return cmd
 }
