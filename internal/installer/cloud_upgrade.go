@@ -88,6 +88,8 @@ type upgradePlan struct {
 	CortexFrom, CortexTo, CortexWhy string
 	// LokiTo is the Loki version the new controller runs ("" when logs are off), LokiWhy where it comes from.
 	LokiTo, LokiWhy string
+	// DegradedBefore is the Degraded condition the old controller reported, "" when none.
+	DegradedBefore string
 }
 
 // planUpgrade decides the images and versions of an upgrade to this CLI's chart. Pure.
@@ -109,6 +111,9 @@ func planUpgrade(in installedCluster, embedded *chart.Chart, controllerImage, ga
 		p.Revision = in.release.Version
 		p.ChartFrom = fmt.Sprintf("%s (revision %d)", chartName(in.release.Chart), in.release.Version)
 		p.ChartSame = in.release.Chart != nil && chartDigest(in.release.Chart) == chartDigest(embedded)
+	}
+	if _, _, degraded := rolloutState(&in.cluster, ""); degraded != nil {
+		p.DegradedBefore = degraded.Error()
 	}
 	spec := in.cluster.Spec
 	p.CortexFrom = in.cluster.Status.Version
@@ -172,6 +177,9 @@ func (p upgradePlan) Describe(what, name, namespace string) string {
 		fmt.Fprintf(&b, "  %-11s %s (%s)\n", "Loki", orDash(p.LokiTo), p.LokiWhy)
 	} else {
 		fmt.Fprintf(&b, "  %-11s off (spec.logs.enabled: false)\n", "Loki")
+	}
+	if p.DegradedBefore != "" {
+		fmt.Fprintf(&b, "  %-11s %s: the new controller gets %s to clear it before the wait gives up\n", "now", p.DegradedBefore, degradedGrace)
 	}
 	fmt.Fprintf(&b, "then wait until MetricsCluster %s/%s has rolled out, and verify it.\n", namespace, name)
 	return b.String()
@@ -286,10 +294,11 @@ func runUpgrade(ctx context.Context, t upgradeTarget, opts upgradeOptions, out i
 			return err
 		}
 	}
-	w := rolloutWait{target: t, opts: opts, out: out, kube: kube, connected: time.Now()}
+	w := rolloutWait{target: t, opts: opts, out: out, kube: kube, connected: time.Now(), degradedBefore: p.DegradedBefore}
 	if err := w.controller(ctx); err != nil {
 		return err
 	}
+	w.controllerDone = time.Now()
 	if err := w.cluster(ctx, p.CortexTo); err != nil {
 		return err
 	}
@@ -310,7 +319,15 @@ type rolloutWait struct {
 	out       io.Writer
 	kube      client.Client
 	connected time.Time
+	// degradedBefore is the Degraded condition of before the upgrade (upgradePlan.DegradedBefore);
+	// controllerDone is when the new controller had rolled out.
+	degradedBefore string
+	controllerDone time.Time
 }
+
+// degradedGrace is how long the new controller has to clear a Degraded condition the old one reported: the
+// upgrade may be what fixes it, and until the new controller has reconciled, the status is the old one's.
+const degradedGrace = 2 * time.Minute
 
 func (w *rolloutWait) client(ctx context.Context) (client.Client, error) {
 	if w.kube != nil && time.Since(w.connected) < 5*time.Minute {
@@ -406,7 +423,7 @@ func (w *rolloutWait) cluster(ctx context.Context, cortex string) error {
 			w.kube = nil
 			return false, err.Error(), nil
 		}
-		done, detail, degraded := rolloutState(&mc, cortex)
+		done, detail, degraded := w.judge(&mc, cortex, time.Now())
 		if degraded != nil {
 			msg := fmt.Sprintf("%v\nthe controller is upgraded, the cluster is not: fix what the message says, then run %s to wait again and verify",
 				degraded, w.target.again)
@@ -417,6 +434,16 @@ func (w *rolloutWait) cluster(ctx context.Context, cortex string) error {
 		}
 		return done, detail, nil
 	})
+}
+
+// judge is rolloutState, except that the Degraded condition the old controller reported is waited on for
+// degradedGrace after the new controller rolled out, instead of ending the wait at once.
+func (w *rolloutWait) judge(mc *v1alpha1.MetricsCluster, cortex string, now time.Time) (done bool, detail string, degraded error) {
+	done, detail, degraded = rolloutState(mc, cortex)
+	if degraded != nil && degraded.Error() == w.degradedBefore && now.Sub(w.controllerDone) < degradedGrace {
+		return false, "still " + degraded.Error() + " (reported before the upgrade; waiting for the new controller)", nil
+	}
+	return done, detail, degraded
 }
 
 // rolloutState says whether a MetricsCluster has rolled out cortex ("" for any version), and what it is

@@ -460,6 +460,35 @@ func TestUpgradeRolloutState(t *testing.T) {
 	}
 }
 
+// A Degraded condition the old controller reported does not end the wait until the new controller has had
+// degradedGrace to clear it; another Degraded condition ends it at once.
+func TestUpgradeWaitGivesTheNewControllerTimeToClearAnOldDegraded(t *testing.T) {
+	mc := func(message string) *v1alpha1.MetricsCluster {
+		return &v1alpha1.MetricsCluster{ObjectMeta: metav1.ObjectMeta{Namespace: "opstrace", Name: "prod", Generation: 1},
+			Status: v1alpha1.MetricsClusterStatus{ObservedGeneration: 1, Conditions: []metav1.Condition{
+				{Type: v1alpha1.ConditionDegraded, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonApplyFailed, Message: message}}}}
+	}
+	before := mc("apply StatefulSet prod-ingester: field is immutable")
+	in := installedCluster{controllerImage: "opstrace/opstrace-controller:v0.3.0", gatewayImage: "opstrace/opstrace-gateway:v0.3.0", cluster: *before}
+	p := planUpgrade(in, &chart.Chart{Metadata: &chart.Metadata{Name: "opstrace"}}, "", "")
+	want := "MetricsCluster opstrace/prod is Degraded (ApplyFailed): apply StatefulSet prod-ingester: field is immutable"
+	if p.DegradedBefore != want || !strings.Contains(p.Describe("AWS cluster prod", "prod", "opstrace"), "  now         "+want+": the new controller gets 2m0s to clear it") {
+		t.Fatalf("plan of a degraded cluster: %q\n%s", p.DegradedBefore, p.Describe("AWS cluster prod", "prod", "opstrace"))
+	}
+	start := time.Now()
+	w := rolloutWait{degradedBefore: p.DegradedBefore, controllerDone: start}
+	if done, detail, err := w.judge(before, "", start.Add(time.Minute)); done || err != nil ||
+		detail != "still "+want+" (reported before the upgrade; waiting for the new controller)" {
+		t.Errorf("old Degraded within the grace: %v %q %v", done, detail, err)
+	}
+	if _, _, err := w.judge(before, "", start.Add(degradedGrace)); err == nil || err.Error() != want {
+		t.Errorf("old Degraded after the grace: %v", err)
+	}
+	if _, _, err := w.judge(mc("another problem"), "", start); err == nil || !strings.Contains(err.Error(), "another problem") {
+		t.Errorf("new Degraded within the grace: %v", err)
+	}
+}
+
 // The plan's versions: spec.version and spec.logs.version win; without them, this CLI's defaults for its
 // own controller version, and "unknown" for a controller image of another version.
 func TestUpgradePlanVersions(t *testing.T) {
