@@ -14,6 +14,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/route53"
 	r53types "github.com/aws/aws-sdk-go-v2/service/route53/types"
+
+	"github.com/opstrace/opstrace/internal/installer/cloud"
 )
 
 type fzone struct {
@@ -28,12 +30,12 @@ func (f *fakeRoute53) w() *world { return (*world)(f) }
 
 // addZone adds a hosted zone to the fake account.
 func (w *world) addZone(id, name string, private bool) {
-	w.zones[id] = &fzone{name: fqdn(name), private: private}
+	w.zones[id] = &fzone{name: cloud.FQDN(name), private: private}
 }
 
 // addRecord puts a record set straight into a zone, as someone else would.
 func (w *world) addRecord(zone, name string, rrType r53types.RRType, values ...string) {
-	r := r53types.ResourceRecordSet{Name: aws.String(fqdn(name)), Type: rrType, TTL: aws.Int64(300)}
+	r := r53types.ResourceRecordSet{Name: aws.String(cloud.FQDN(name)), Type: rrType, TTL: aws.Int64(300)}
 	for _, v := range values {
 		r.ResourceRecords = append(r.ResourceRecords, r53types.ResourceRecord{Value: aws.String(v)})
 	}
@@ -116,7 +118,7 @@ func (f *fakeRoute53) ListHostedZonesByName(_ context.Context, in *route53.ListH
 		return nil, err
 	}
 	out := &route53.ListHostedZonesByNameOutput{}
-	start := orderKey(fqdn(aws.ToString(in.DNSName)), "")
+	start := orderKey(cloud.FQDN(aws.ToString(in.DNSName)), "")
 	for _, id := range f.sortedZones() {
 		if orderKey(f.zones[id].name, "") >= start && len(out.HostedZones) < int(aws.ToInt32(in.MaxItems)) {
 			out.HostedZones = append(out.HostedZones, f.zones[id].view(id))
@@ -143,7 +145,7 @@ func (f *fakeRoute53) ListResourceRecordSets(_ context.Context, in *route53.List
 	}
 	var start string
 	if in.StartRecordName != nil {
-		start = orderKey(fqdn(aws.ToString(in.StartRecordName)), in.StartRecordType)
+		start = orderKey(cloud.FQDN(aws.ToString(in.StartRecordName)), in.StartRecordType)
 	}
 	out := &route53.ListResourceRecordSetsOutput{}
 	for _, r := range records {
@@ -160,7 +162,7 @@ func (f *fakeRoute53) ListResourceRecordSets(_ context.Context, in *route53.List
 }
 
 func sameRecordSet(a, b r53types.ResourceRecordSet) bool {
-	return fqdn(aws.ToString(a.Name)) == fqdn(aws.ToString(b.Name)) && a.Type == b.Type && aws.ToInt64(a.TTL) == aws.ToInt64(b.TTL) &&
+	return cloud.FQDN(aws.ToString(a.Name)) == cloud.FQDN(aws.ToString(b.Name)) && a.Type == b.Type && aws.ToInt64(a.TTL) == aws.ToInt64(b.TTL) &&
 		slices.Equal(recordValues(a), recordValues(b))
 }
 
@@ -175,13 +177,13 @@ func (f *fakeRoute53) ChangeResourceRecordSets(_ context.Context, in *route53.Ch
 	records := slices.Clone(z.records) // all or nothing: work on a copy
 	find := func(name string, rrType r53types.RRType) int {
 		return slices.IndexFunc(records, func(r r53types.ResourceRecordSet) bool {
-			return fqdn(aws.ToString(r.Name)) == fqdn(name) && r.Type == rrType
+			return cloud.FQDN(aws.ToString(r.Name)) == cloud.FQDN(name) && r.Type == rrType
 		})
 	}
 	for _, c := range in.ChangeBatch.Changes {
 		r := *c.ResourceRecordSet
 		name := aws.ToString(r.Name)
-		if !inZone(name, z.name) {
+		if !cloud.InZone(name, z.name) {
 			f.w().done(false)
 			return nil, invalidBatch(name + " is not in zone " + z.name)
 		}
@@ -193,7 +195,7 @@ func (f *fakeRoute53) ChangeResourceRecordSets(_ context.Context, in *route53.Ch
 				return nil, invalidBatch("Tried to create resource record set " + name + " type " + string(r.Type) + " but it already exists")
 			}
 			for _, other := range records {
-				if fqdn(aws.ToString(other.Name)) == fqdn(name) && other.Type != r.Type && (r.Type == r53types.RRTypeCname || other.Type == r53types.RRTypeCname) {
+				if cloud.FQDN(aws.ToString(other.Name)) == cloud.FQDN(name) && other.Type != r.Type && (r.Type == r53types.RRTypeCname || other.Type == r53types.RRTypeCname) {
 					f.w().done(false)
 					return nil, invalidBatch("RRSet of type CNAME with DNS name " + name + " is not permitted as it conflicts with other records with the same DNS name")
 				}

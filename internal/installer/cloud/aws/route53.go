@@ -11,7 +11,6 @@ package aws
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -52,8 +51,6 @@ type HostedZone struct {
 
 func zoneID(id string) string { return strings.TrimPrefix(id, "/hostedzone/") }
 
-func fqdn(name string) string { return strings.TrimSuffix(strings.ToLower(name), ".") + "." }
-
 // FindHostedZone is the public hosted zone of the gateway's name: dns.hosted_zone when set (checked to be
 // public and to contain the name), else the public zone named dns.domain or its nearest parent. Problems a
 // user fixes (no such zone, a zone of another domain, two zones of one name) are plan.Other errors that say
@@ -74,7 +71,7 @@ func FindHostedZone(ctx context.Context, api Route53API, dns config.DNS) (Hosted
 		case out.HostedZone.Config != nil && out.HostedZone.Config.PrivateZone:
 			return HostedZone{}, plan.Errorf(plan.Other, "use Route 53 hosted zone "+dns.HostedZone,
 				fmt.Errorf("dns.hosted_zone %s (%s) is a private zone: clients and Let's Encrypt resolve %s on the internet; set it to a public zone", dns.HostedZone, z.Name, hostname))
-		case !inZone(hostname, z.Name):
+		case !cloud.InZone(hostname, z.Name):
 			return HostedZone{}, plan.Errorf(plan.Other, "use Route 53 hosted zone "+dns.HostedZone,
 				fmt.Errorf("dns.hosted_zone %s is the zone of %s, which does not contain %s: set it to the zone of %s, or remove it to look the zone up by name", dns.HostedZone, z.Name, hostname, dns.Domain))
 		}
@@ -88,7 +85,7 @@ func FindHostedZone(ctx context.Context, api Route53API, dns config.DNS) (Hosted
 		}
 		var public []HostedZone
 		for _, z := range out.HostedZones {
-			if aws.ToString(z.Name) == fqdn(name) && (z.Config == nil || !z.Config.PrivateZone) {
+			if aws.ToString(z.Name) == cloud.FQDN(name) && (z.Config == nil || !z.Config.PrivateZone) {
 				public = append(public, HostedZone{ID: zoneID(aws.ToString(z.Id)), Name: name})
 			}
 		}
@@ -109,12 +106,6 @@ func FindHostedZone(ctx context.Context, api Route53API, dns config.DNS) (Hosted
 		fmt.Errorf("no public Route 53 hosted zone of %s or a parent domain in this AWS account: create one and delegate the domain to its name servers, or set dns.hosted_zone", dns.Domain))
 }
 
-// inZone says whether name is the zone's apex or below it.
-func inZone(name, zone string) bool {
-	name, zone = strings.TrimSuffix(name, "."), strings.TrimSuffix(zone, ".")
-	return name == zone || strings.HasSuffix(name, "."+zone)
-}
-
 // gatewayRecords are the records at the gateway's name and its ownership TXT, as Route 53 has them.
 type gatewayRecords struct {
 	Zone HostedZone
@@ -123,24 +114,6 @@ type gatewayRecords struct {
 	// Owner is the ownership TXT record set (nil when there is none), and OwnerCluster the cluster it names.
 	Owner        *r53types.ResourceRecordSet
 	OwnerCluster string
-}
-
-// ownerRecordName is where the ownership TXT of a record of type rrType at name lives: external-dns's
-// "<type>-<name>" registry format, as a CNAME cannot share its name.
-func ownerRecordName(rrType, name string) string { return strings.ToLower(rrType) + "-" + name }
-
-// ownerValue is the ownership TXT's value, quoted as DNS TXT strings are.
-func ownerValue(cluster string) string { return `"` + cloud.OwnerTag + "=" + cluster + `"` }
-
-// ownerOf returns the cluster an ownership TXT's values name, "" for none.
-func ownerOf(values []string) string {
-	const prefix = `"` + cloud.OwnerTag + "="
-	for _, v := range values {
-		if strings.HasPrefix(v, prefix) && strings.HasSuffix(v, `"`) && len(v) > len(prefix)+1 {
-			return v[len(prefix) : len(v)-1]
-		}
-	}
-	return ""
 }
 
 func recordValues(r r53types.ResourceRecordSet) []string {
@@ -166,7 +139,7 @@ func readGatewayRecords(ctx context.Context, api Route53API, zone HostedZone, ho
 		// The listing starts at name and goes on in Route 53's order: keep only name's own records.
 		var at []r53types.ResourceRecordSet
 		for _, r := range out.ResourceRecordSets {
-			if aws.ToString(r.Name) == fqdn(name) && (rrType == "" || r.Type == rrType) {
+			if aws.ToString(r.Name) == cloud.FQDN(name) && (rrType == "" || r.Type == rrType) {
 				at = append(at, r)
 			}
 		}
@@ -176,101 +149,48 @@ func readGatewayRecords(ctx context.Context, api Route53API, zone HostedZone, ho
 	if st.AtName, err = list(hostname, ""); err != nil {
 		return st, err
 	}
-	owner, err := list(ownerRecordName(string(r53types.RRTypeCname), hostname), r53types.RRTypeTxt)
+	owner, err := list(cloud.OwnerRecordName(string(r53types.RRTypeCname), hostname), r53types.RRTypeTxt)
 	if err != nil {
 		return st, err
 	}
 	if len(owner) > 0 {
 		st.Owner = &owner[0]
-		st.OwnerCluster = ownerOf(recordValues(owner[0]))
+		st.OwnerCluster = cloud.OwnerOfRecord(recordValues(owner[0]))
 	}
 	return st, nil
+}
+
+// neutral is what the ownership decision needs to know (cloud.GatewayRecords).
+func (r gatewayRecords) neutral(hostname string) cloud.GatewayRecords {
+	g := cloud.GatewayRecords{Service: "Route 53", Zone: r.Zone.Name, Hostname: hostname, RecordType: string(r53types.RRTypeCname), HasOwner: r.Owner != nil}
+	for _, rr := range r.AtName {
+		g.Types = append(g.Types, string(rr.Type))
+	}
+	if r.Owner != nil {
+		g.OwnerValues = recordValues(*r.Owner)
+	}
+	return g
 }
 
 // foreign says why the records at the gateway's name are not cluster's to change ("" when they are, or
 // when there are none).
 func (r gatewayRecords) foreign(cluster, hostname string) string {
-	switch {
-	case r.OwnerCluster == cluster:
-		return ""
-	case r.OwnerCluster != "":
-		return fmt.Sprintf("the Route 53 records of %s belong to the Opstrace cluster %s (TXT %s %s)", hostname, r.OwnerCluster,
-			ownerRecordName("CNAME", hostname), ownerValue(r.OwnerCluster))
-	case r.Owner != nil:
-		return fmt.Sprintf("Route 53 has a TXT record %s (%s) that is not %s", ownerRecordName("CNAME", hostname),
-			strings.Join(recordValues(*r.Owner), " "), ownerValue(cluster))
-	case len(r.AtName) > 0:
-		types := make([]string, len(r.AtName))
-		for i, rr := range r.AtName {
-			types[i] = string(rr.Type)
+	return r.neutral(hostname).Foreign(cluster)
+}
+
+// zoneStep finds the hosted zone of dns.domain and checks that the gateway's name is free or cluster's,
+// in the first wave of create.
+func zoneStep(c *Clients, cluster string, dns config.DNS) plan.Step {
+	return &cloud.ZoneCheckStep{Step: "aws/dns-zone", Cluster: cluster, Find: func(ctx context.Context) (string, cloud.GatewayRecords, error) {
+		zone, err := FindHostedZone(ctx, c.Route53, dns)
+		if err != nil {
+			return "", cloud.GatewayRecords{}, err
 		}
-		return fmt.Sprintf("Route 53 has a %s record %s in zone %s without the TXT record %s %s that would make it this cluster's",
-			strings.Join(types, "+"), hostname, r.Zone.Name, ownerRecordName("CNAME", hostname), ownerValue(cluster))
-	}
-	return ""
+		hostname := cloud.GatewayHostname(dns.Domain)
+		records, err := readGatewayRecords(ctx, c.Route53, zone, hostname)
+		return zone.ID, records.neutral(hostname), err
+	}}
 }
-
-// notOwnedRecord is the error for records at the gateway's name that another owns, with how to fix it.
-func notOwnedRecord(op, why string) error {
-	return &plan.Error{Kind: plan.NotOwned, Op: op, Err: errors.New(why),
-		Hint: "opstrace never changes DNS records it did not create: delete that record if it is unused, or choose another dns.domain"}
-}
-
-// zoneStep finds the hosted zone of dns.domain and checks that the gateway's name is free or this
-// cluster's. It makes nothing: it is in the first wave so that a missing zone or a foreign record stops
-// create at once instead of after the EKS cluster. Destroy ignores it.
-type zoneStep struct {
-	c       *Clients
-	cluster string
-	dns     config.DNS
-}
-
-type zoneState struct {
-	Zone    HostedZone
-	Problem error
-}
-
-func (s *zoneStep) Name() string        { return "aws/dns-zone" }
-func (s *zoneStep) DependsOn() []string { return nil }
-
-func (s *zoneStep) Observe(ctx context.Context) (plan.Observation, error) {
-	hostname := cloud.GatewayHostname(s.dns.Domain)
-	zone, err := FindHostedZone(ctx, s.c.Route53, s.dns)
-	if err != nil {
-		if plan.Retryable(err) {
-			return plan.Observation{}, err
-		}
-		return plan.Observation{Detail: zoneState{Problem: err}}, nil
-	}
-	records, err := readGatewayRecords(ctx, s.c.Route53, zone, hostname)
-	if err != nil {
-		return plan.Observation{}, err
-	}
-	st := zoneState{Zone: zone}
-	if why := records.foreign(s.cluster, hostname); why != "" {
-		st.Problem = notOwnedRecord("use "+hostname, why)
-	}
-	return plan.Observation{Exists: true, ID: zone.ID, Detail: st}, nil
-}
-
-func (s *zoneStep) Plan(obs plan.Observation) plan.Change {
-	st := obs.Detail.(zoneState)
-	if st.Problem != nil {
-		return plan.Change{Action: plan.Update, Diff: []string{"BLOCKED: " + st.Problem.Error()}, Desired: st}
-	}
-	return plan.NoChange()
-}
-
-// Apply fails with the problem Observe found: nothing else to do.
-func (s *zoneStep) Apply(_ context.Context, c plan.Change) error {
-	if st, ok := c.Desired.(zoneState); ok && st.Problem != nil {
-		return st.Problem
-	}
-	return nil
-}
-
-// PlanDestroy leaves the zone alone: it is the user's.
-func (s *zoneStep) PlanDestroy(plan.Observation) plan.Change { return plan.NoChange() }
 
 // RecordStep is the gateway's CNAME, metrics.DOMAIN → the load balancer's name, with its ownership TXT.
 // target returns the load balancer's DNS name; an error of kind plan.NotFound while it has none. deps are
@@ -289,8 +209,8 @@ type recordStep struct {
 
 type recordState struct {
 	Records gatewayRecords
-	// Target is the load balancer's name, "" while unknown (TargetProblem says why).
-	Target, TargetProblem string
+	// Target is the load balancer's name, "" while unknown.
+	Target string
 	// ZoneProblem is why there is no zone to look in ("" when there is).
 	ZoneProblem error
 }
@@ -313,16 +233,14 @@ func (s *recordStep) Observe(ctx context.Context) (plan.Observation, error) {
 		return plan.Observation{}, err
 	}
 	// The load balancer's name, when the cluster can tell: destroy and status also run without it.
-	if st.Target, err = s.target(ctx); err != nil {
-		st.TargetProblem = err.Error()
-	}
+	st.Target, _ = s.target(ctx)
 	ours := st.Records.OwnerCluster == s.cluster
 	return plan.Observation{Exists: ours, ID: zone.ID + "/" + s.hostname(), Detail: st}, nil
 }
 
 // desiredCNAME is the gateway's record for target.
 func (s *recordStep) desiredCNAME(target string) r53types.ResourceRecordSet {
-	return r53types.ResourceRecordSet{Name: aws.String(fqdn(s.hostname())), Type: r53types.RRTypeCname, TTL: aws.Int64(recordTTL),
+	return r53types.ResourceRecordSet{Name: aws.String(cloud.FQDN(s.hostname())), Type: r53types.RRTypeCname, TTL: aws.Int64(recordTTL),
 		ResourceRecords: []r53types.ResourceRecord{{Value: aws.String(target)}}}
 }
 
@@ -339,7 +257,7 @@ func (s *recordStep) Plan(obs plan.Observation) plan.Change {
 		target = "the gateway's load balancer, once it has a name"
 	}
 	records := fmt.Sprintf("CNAME %s → %s (TTL %d), TXT %s %s", s.hostname(), target, recordTTL,
-		ownerRecordName("CNAME", s.hostname()), ownerValue(s.cluster))
+		cloud.OwnerRecordName("CNAME", s.hostname()), cloud.OwnerRecordValue(s.cluster))
 	switch {
 	case st.ZoneProblem != nil:
 		return plan.Change{Action: plan.Create, Diff: []string{"BLOCKED: " + st.ZoneProblem.Error()}, Desired: st}
@@ -362,7 +280,7 @@ func (s *recordStep) Apply(ctx context.Context, c plan.Change) error {
 	case st.ZoneProblem != nil:
 		return st.ZoneProblem
 	case st.Records.foreign(s.cluster, s.hostname()) != "":
-		return notOwnedRecord("write "+s.hostname(), st.Records.foreign(s.cluster, s.hostname()))
+		return cloud.NotOwnedRecord("write "+s.hostname(), st.Records.foreign(s.cluster, s.hostname()))
 	}
 	target := st.Target
 	if target == "" {
@@ -376,8 +294,8 @@ func (s *recordStep) Apply(ctx context.Context, c plan.Change) error {
 	var changes []r53types.Change
 	if st.Records.Owner == nil {
 		changes = append(changes, r53types.Change{Action: r53types.ChangeActionCreate, ResourceRecordSet: &r53types.ResourceRecordSet{
-			Name: aws.String(fqdn(ownerRecordName("CNAME", s.hostname()))), Type: r53types.RRTypeTxt, TTL: aws.Int64(ownerTTL),
-			ResourceRecords: []r53types.ResourceRecord{{Value: aws.String(ownerValue(s.cluster))}}}})
+			Name: aws.String(cloud.FQDN(cloud.OwnerRecordName("CNAME", s.hostname()))), Type: r53types.RRTypeTxt, TTL: aws.Int64(ownerTTL),
+			ResourceRecords: []r53types.ResourceRecord{{Value: aws.String(cloud.OwnerRecordValue(s.cluster))}}}})
 	}
 	for _, r := range st.Records.AtName {
 		changes = append(changes, r53types.Change{Action: r53types.ChangeActionDelete, ResourceRecordSet: &r})
@@ -394,7 +312,7 @@ func (s *recordStep) PlanDestroy(obs plan.Observation) plan.Change {
 	if !obs.Exists {
 		return plan.NoChange()
 	}
-	diff := []string{"delete TXT " + ownerRecordName("CNAME", s.hostname())}
+	diff := []string{"delete TXT " + cloud.OwnerRecordName("CNAME", s.hostname())}
 	for _, r := range st.Records.AtName {
 		diff = append(diff, "delete "+string(r.Type)+" "+s.hostname())
 	}
@@ -454,7 +372,7 @@ func dnsSteps(c *Clients, cluster string, cfg config.Config) []plan.Step {
 	if cfg.DNS == nil {
 		return nil
 	}
-	steps := []plan.Step{&zoneStep{c: c, cluster: cluster, dns: *cfg.DNS}}
+	steps := []plan.Step{zoneStep(c, cluster, *cfg.DNS)}
 	if cfg.CertIssuer == config.CertIssuerLetsEncryptProd || cfg.CertIssuer == config.CertIssuerLetsEncryptStaging {
 		steps = append(steps, certManagerRole(c, cluster, *cfg.DNS))
 	}
@@ -484,7 +402,7 @@ func findRecords(ctx context.Context, api Route53API, add func(owner, kind, id s
 				for _, r := range out.ResourceRecordSets {
 					name := strings.TrimSuffix(aws.ToString(r.Name), ".")
 					if r.Type == r53types.RRTypeTxt && strings.HasPrefix(name, "cname-") {
-						add(ownerOf(recordValues(r)), kindRecord, id+"/"+strings.TrimPrefix(name, "cname-"))
+						add(cloud.OwnerOfRecord(recordValues(r)), kindRecord, id+"/"+strings.TrimPrefix(name, "cname-"))
 					}
 				}
 				if !out.IsTruncated {

@@ -58,7 +58,7 @@ func (l *lb) target(context.Context) (string, error) {
 
 // recordSteps are the zone check and the record, without the rest of an install.
 func recordSteps(w *world, cfg config.Config, l *lb) []plan.Step {
-	return []plan.Step{&zoneStep{c: w.clients(), cluster: testCluster, dns: *cfg.DNS}, RecordStep(w.clients(), testCluster, *cfg.DNS, l.target)}
+	return []plan.Step{zoneStep(w.clients(), testCluster, *cfg.DNS), RecordStep(w.clients(), testCluster, *cfg.DNS, l.target)}
 }
 
 func changeBatches(w *world) []string {

@@ -123,8 +123,9 @@ func Find(ctx context.Context, c *Clients, cluster string) (map[string][]cloud.R
 		filter = []ec2types.Filter{ownerFilter(cluster)}
 	}
 	var errs []error
-	// The gateway's DNS records first: they point at a load balancer that goes with the cluster.
-	if err := findRecords(ctx, c.Route53, add); err != nil {
+	// The gateway's DNS records first: they point at a load balancer that goes with the cluster. Credentials
+	// that may not list DNS zones (or a project without the DNS API) made none: list and destroy go on.
+	if err := findRecords(ctx, c.Route53, add); err != nil && plan.Classify(err) != plan.PermissionDenied {
 		errs = append(errs, err)
 	}
 	// EKS next: an EKS cluster lives on its subnets, so the sweep deletes in this order.

@@ -1,13 +1,15 @@
 // Package gcp creates, finds and deletes the Google Cloud resources of an Opstrace cluster: GCS buckets,
 // the VPC network and its subnet, a Cloud Router with Cloud NAT, the GKE cluster and its node pool, and
-// the IAM service accounts of the workloads (workload identity). Each resource is a plan.Step; see Steps.
+// the IAM service accounts of the workloads (workload identity), and the gateway's DNS name in Cloud DNS.
+// Each resource is a plan.Step; see Steps.
 //
 // The steps call Google Cloud through the narrow interfaces below, which list only the calls they use.
 // Where the SDK method is plain request → response (GKE, IAM) the interface has the SDK's own signature,
 // so the real client satisfies it. Where the SDK returns an iterator or a long-running operation handle
 // that tests cannot construct (compute, storage), the interface returns a slice or waits for the
 // operation, and a thin adapter (realCompute, realStorage, realIAM) makes the SDK calls. Tests substitute
-// fake-gcs-server for GCS and in-memory fakes for the APIs that cannot run offline (compute, GKE, IAM).
+// fake-gcs-server for GCS and in-memory fakes for the APIs that cannot run offline (compute, GKE, IAM,
+// Cloud DNS).
 //
 // # Ownership
 //
@@ -34,6 +36,7 @@ import (
 	"cloud.google.com/go/storage"
 	gax "github.com/googleapis/gax-go/v2"
 	"golang.org/x/oauth2/google"
+	dns "google.golang.org/api/dns/v1"
 	"google.golang.org/api/iterator"
 
 	"github.com/opstrace/opstrace/internal/installer/cloud"
@@ -98,6 +101,21 @@ type IAMAPI interface {
 	ListServiceAccounts(ctx context.Context, req *adminpb.ListServiceAccountsRequest) ([]*adminpb.ServiceAccount, error)
 }
 
+// DNSAPI is what the DNS steps do with Cloud DNS (adapter: realDNS over the google.golang.org/api/dns/v1
+// service, whose calls are builders): lists are collected over their pages, CreateChange returns once Cloud
+// DNS accepted the change.
+type DNSAPI interface {
+	GetManagedZone(ctx context.Context, project, zone string) (*dns.ManagedZone, error)
+	// ListManagedZones lists the project's zones for dnsName (with the trailing dot), every zone for "".
+	ListManagedZones(ctx context.Context, project, dnsName string) ([]*dns.ManagedZone, error)
+	// ListRecordSets lists a zone's record sets named name (with the trailing dot) of type rrType; "" for
+	// any name or type (a type needs a name).
+	ListRecordSets(ctx context.Context, project, zone, name, rrType string) ([]*dns.ResourceRecordSet, error)
+	CreateChange(ctx context.Context, project, zone string, change *dns.Change) error
+	ZonePolicy(ctx context.Context, project, zone string) (*dns.GoogleIamV1Policy, error)
+	SetZonePolicy(ctx context.Context, project, zone string, policy *dns.GoogleIamV1Policy) error
+}
+
 // Clients are the Google Cloud APIs for one project and region.
 type Clients struct {
 	Project string
@@ -106,6 +124,8 @@ type Clients struct {
 	Compute ComputeAPI
 	GKE     GKEAPI
 	IAM     IAMAPI
+	// DNS holds the gateway's DNS name (config key dns).
+	DNS DNSAPI
 	// PollInterval is how often a step polls a GKE cluster or node pool that is becoming ready or going
 	// away; 15 seconds when zero.
 	PollInterval time.Duration
@@ -164,6 +184,10 @@ func NewClients(ctx context.Context, project, region string) (*Clients, error) {
 		return fail(err)
 	}
 	closers = append(closers, iamc.Close)
+	dnsService, err := dns.NewService(ctx)
+	if err != nil {
+		return fail(err)
+	}
 	tokens, err := google.DefaultTokenSource(ctx, cloudPlatformScope)
 	if err != nil {
 		return fail(err)
@@ -181,6 +205,7 @@ func NewClients(ctx context.Context, project, region string) (*Clients, error) {
 		Compute: realCompute{networks: networks, subnets: subnets, routers: routers},
 		GKE:     gke,
 		IAM:     realIAM{iamc},
+		DNS:     realDNS{dnsService},
 		Close: func() error {
 			var errs []error
 			for _, c := range closers {
@@ -344,6 +369,58 @@ type realIAM struct{ *admin.IamClient }
 
 func (r realIAM) ListServiceAccounts(ctx context.Context, req *adminpb.ListServiceAccountsRequest) ([]*adminpb.ServiceAccount, error) {
 	return collect(r.IamClient.ListServiceAccounts(ctx, req).Next)
+}
+
+// realDNS is DNSAPI over the Cloud DNS service.
+type realDNS struct{ s *dns.Service }
+
+func (r realDNS) GetManagedZone(ctx context.Context, project, zone string) (*dns.ManagedZone, error) {
+	return r.s.ManagedZones.Get(project, zone).Context(ctx).Do()
+}
+
+func (r realDNS) ListManagedZones(ctx context.Context, project, dnsName string) ([]*dns.ManagedZone, error) {
+	call := r.s.ManagedZones.List(project)
+	if dnsName != "" {
+		call = call.DnsName(dnsName)
+	}
+	var out []*dns.ManagedZone
+	err := call.Pages(ctx, func(page *dns.ManagedZonesListResponse) error {
+		out = append(out, page.ManagedZones...)
+		return nil
+	})
+	return out, err
+}
+
+func (r realDNS) ListRecordSets(ctx context.Context, project, zone, name, rrType string) ([]*dns.ResourceRecordSet, error) {
+	call := r.s.ResourceRecordSets.List(project, zone)
+	if name != "" {
+		call = call.Name(name)
+	}
+	if rrType != "" {
+		call = call.Type(rrType)
+	}
+	var out []*dns.ResourceRecordSet
+	err := call.Pages(ctx, func(page *dns.ResourceRecordSetsListResponse) error {
+		out = append(out, page.Rrsets...)
+		return nil
+	})
+	return out, err
+}
+
+func (r realDNS) CreateChange(ctx context.Context, project, zone string, change *dns.Change) error {
+	_, err := r.s.Changes.Create(project, zone, change).Context(ctx).Do()
+	return err
+}
+
+// ZonePolicy asks for policy version 3, so that conditional bindings are read whole and written back.
+func (r realDNS) ZonePolicy(ctx context.Context, project, zone string) (*dns.GoogleIamV1Policy, error) {
+	return r.s.ManagedZones.GetIamPolicy(zoneResource(project, zone), &dns.GoogleIamV1GetIamPolicyRequest{
+		Options: &dns.GoogleIamV1GetPolicyOptions{RequestedPolicyVersion: 3}}).Context(ctx).Do()
+}
+
+func (r realDNS) SetZonePolicy(ctx context.Context, project, zone string, policy *dns.GoogleIamV1Policy) error {
+	_, err := r.s.ManagedZones.SetIamPolicy(zoneResource(project, zone), &dns.GoogleIamV1SetIamPolicyRequest{Policy: policy}).Context(ctx).Do()
+	return err
 }
 
 // ownerMark is the description of the resources that have no labels (networks, subnetworks, routers,

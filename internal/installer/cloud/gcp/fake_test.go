@@ -82,6 +82,7 @@ type world struct {
 	clusters map[string]*fcluster
 	sas      map[string]*fsa // by email
 	buckets  map[string]*fbucket
+	dnsZones map[string]*fdnszone // Cloud DNS managed zones by name (fake_clouddns_test.go)
 }
 
 type fcluster struct {
@@ -112,12 +113,12 @@ type fbucket struct {
 func newWorld() *world {
 	return &world{project: "acme-prod", region: "europe-west1", inject: map[string][]error{}, latency: map[string]time.Duration{},
 		networks: map[string]*computepb.Network{}, subnets: map[string]*computepb.Subnetwork{}, routers: map[string]*computepb.Router{},
-		clusters: map[string]*fcluster{}, sas: map[string]*fsa{}, buckets: map[string]*fbucket{}}
+		clusters: map[string]*fcluster{}, sas: map[string]*fsa{}, buckets: map[string]*fbucket{}, dnsZones: map[string]*fdnszone{}}
 }
 
 func (w *world) clients() *Clients {
 	return &Clients{Project: w.project, Region: w.region, Storage: (*fakeStorage)(w), Compute: (*fakeCompute)(w),
-		GKE: (*fakeGKE)(w), IAM: (*fakeIAM)(w), PollInterval: 10 * time.Second}
+		GKE: (*fakeGKE)(w), IAM: (*fakeIAM)(w), DNS: (*fakeDNS)(w), PollInterval: 10 * time.Second}
 }
 
 // call records a request and applies the faults; it returns with w.mu held (release with w.done).
@@ -230,6 +231,14 @@ func (w *world) inventory() []string {
 		}
 		out = append(out, fmt.Sprintf("bucket %s labels=%v rules=%d ubla=%v pap=%v policy=%v objects=%d", name, b.attrs.Labels,
 			len(b.attrs.Lifecycle.Rules), b.attrs.UniformBucketLevelAccess.Enabled, b.attrs.PublicAccessPrevention, pol, b.objects))
+	}
+	for name, z := range w.dnsZones {
+		for _, r := range z.records {
+			out = append(out, fmt.Sprintf("record %s %s %s %s", name, r.Name, r.Type, strings.Join(r.Rrdatas, " ")))
+		}
+		for _, b := range z.policy.Bindings {
+			out = append(out, fmt.Sprintf("zone %s binding %s=%s", name, b.Role, strings.Join(b.Members, ",")))
+		}
 	}
 	sort.Strings(out)
 	return out

@@ -326,7 +326,7 @@ func TestUnlabelledBucketOnFakeGCSIsLeftAlone(t *testing.T) {
 func sweepBuckets(ctx context.Context, c *Clients) (cloud.SweepReport, error) {
 	w := newWorld()
 	cc := *c
-	cc.Compute, cc.GKE, cc.IAM = (*fakeCompute)(w), (*fakeGKE)(w), (*fakeIAM)(w)
+	cc.Compute, cc.GKE, cc.IAM, cc.DNS = (*fakeCompute)(w), (*fakeGKE)(w), (*fakeIAM)(w), (*fakeDNS)(w)
 	return Sweep(ctx, &cc, testCluster, false)
 }
 

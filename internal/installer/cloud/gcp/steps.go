@@ -29,7 +29,7 @@ const (
 // Steps are the Google Cloud resources of cluster, for a parsed config (config.ProviderGCP). The GKE
 // cluster is the critical path; the buckets are made while the network is.
 func Steps(c *Clients, cluster string, cfg config.Config) []plan.Step {
-	return []plan.Step{
+	steps := []plan.Step{
 		&bucketStep{c: c, cluster: cluster, kind: cloud.BucketMetrics, days: cfg.MetricRetentionDays},
 		&bucketStep{c: c, cluster: cluster, kind: cloud.BucketLogs, days: cfg.LogRetentionDays},
 		&networkStep{c: c, cluster: cluster},
@@ -38,12 +38,13 @@ func Steps(c *Clients, cluster string, cfg config.Config) []plan.Step {
 		&clusterStep{c: c, cluster: cluster, version: cfg.KubernetesVersion, machineType: cfg.GCP.MachineType, nodeCount: cfg.NodeCount},
 		&nodePoolStep{c: c, cluster: cluster, machineType: cfg.GCP.MachineType, nodeCount: cfg.NodeCount},
 		&identityStep{c: c, cluster: cluster, step: "gcp/cortex-identity", role: RoleCortex, namespace: WorkloadNamespace,
-			ksa: manifests.CortexServiceAccountName(cluster),
+			ksa:   manifests.CortexServiceAccountName(cluster),
 			grant: bucketGrant{storage: c.Storage, bucket: cloud.BucketName(cluster, cloud.BucketMetrics), step: "gcp/bucket-metrics"}},
 		&identityStep{c: c, cluster: cluster, step: "gcp/loki-identity", role: RoleLoki, namespace: WorkloadNamespace,
-			ksa: manifests.LokiServiceAccountName(cluster),
+			ksa:   manifests.LokiServiceAccountName(cluster),
 			grant: bucketGrant{storage: c.Storage, bucket: cloud.BucketName(cluster, cloud.BucketLogs), step: "gcp/bucket-logs"}},
 	}
+	return append(steps, dnsSteps(c, cluster, cfg)...)
 }
 
 // KubeAccess is what a kubeconfig for the GKE cluster needs.
@@ -87,7 +88,8 @@ const (
 )
 
 // Find lists every resource labelled or marked for cluster (every cluster when cluster is ""), by cluster
-// name: what `list gcp` shows and what destroy's sweep removes. GKE clusters are found in every location
+// name: what `list gcp` shows and what destroy's sweep removes. DNS records are found by their ownership TXT
+// in every public zone of the project. GKE clusters are found in every location
 // of the project; routers and subnets in c.Region. Node pools are part of their cluster.
 func Find(ctx context.Context, c *Clients, cluster string) (map[string][]cloud.Resource, error) {
 	found := map[string][]cloud.Resource{}
@@ -97,7 +99,12 @@ func Find(ctx context.Context, c *Clients, cluster string) (map[string][]cloud.R
 		}
 	}
 	var errs []error
-	// GKE first: the cluster uses the subnet, and its firewall rules keep the network in use.
+	// The gateway's DNS records first: they point at a load balancer that goes with the cluster. Credentials
+	// that may not list DNS zones (or a project without the DNS API) made none: list and destroy go on.
+	if err := findRecords(ctx, c, add); err != nil && plan.Classify(err) != plan.PermissionDenied {
+		errs = append(errs, err)
+	}
+	// GKE next: the cluster uses the subnet, and its firewall rules keep the network in use.
 	if out, err := c.GKE.ListClusters(ctx, &containerpb.ListClustersRequest{Parent: "projects/" + c.Project + "/locations/-"}); err != nil {
 		errs = append(errs, classify("list GKE clusters", "container.clusters.list", err))
 	} else {
@@ -153,7 +160,7 @@ func Sweep(ctx context.Context, c *Clients, cluster string, dryRun bool) (cloud.
 			rep.Removed = append(rep.Removed, r)
 			continue
 		}
-		if derr := deleteResource(ctx, c, r); derr != nil {
+		if derr := deleteResource(ctx, c, cluster, r); derr != nil {
 			rep.Left = append(rep.Left, cloud.Left{Resource: r, Err: derr})
 		} else {
 			rep.Removed = append(rep.Removed, r)
@@ -162,8 +169,10 @@ func Sweep(ctx context.Context, c *Clients, cluster string, dryRun bool) (cloud.
 	return rep, err
 }
 
-func deleteResource(ctx context.Context, c *Clients, r cloud.Resource) error {
+func deleteResource(ctx context.Context, c *Clients, cluster string, r cloud.Resource) error {
 	switch r.Kind {
+	case kindRecord:
+		return deleteRecord(ctx, c, cluster, r.ID)
 	case kindCluster:
 		location, name, _ := strings.Cut(r.ID, "/")
 		if location != c.Region {
