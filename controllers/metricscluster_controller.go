@@ -25,7 +25,6 @@ import (
 	"github.com/opstrace/opstrace/internal/apply"
 	"github.com/opstrace/opstrace/internal/manifests"
 	"github.com/opstrace/opstrace/internal/storageprobe"
-	"github.com/opstrace/opstrace/internal/upgrade"
 )
 
 // MetricsClusterReconciler turns a MetricsCluster and its Tenants into a running, secured Cortex: gather and
@@ -117,15 +116,13 @@ func (r *MetricsClusterReconciler) reconcileObjects(ctx context.Context, cluster
 		return facts, ctrl.Result{}, err
 	}
 
-	// Roll changes of the Cortex pod templates out in the planner's order: a workload the rollout has not
-	// reached keeps its live template, whatever else of it is applied.
-	state, live, err := r.observeUpgrade(ctx, cluster, objects, facts.version)
+	// Roll changes of the Cortex and Loki pod templates out in the planner's order: a workload its rollout
+	// has not reached keeps its live template, whatever else of it is applied.
+	now := r.now()
+	rollouts, err := r.planRollouts(ctx, cluster, objects, facts.version, now)
 	if err != nil {
 		return facts, ctrl.Result{}, err
 	}
-	now := r.now()
-	versionErr := upgrade.CheckVersion(state)
-	gateTemplates(objects, state, live, now, versionErr != nil)
 	applier := apply.Applier{Client: r.Client, Scheme: r.Scheme}
 	for _, obj := range objects {
 		if _, err := applier.Apply(ctx, cluster, obj); err != nil {
@@ -144,23 +141,17 @@ func (r *MetricsClusterReconciler) reconcileObjects(ctx context.Context, cluster
 		return facts, ctrl.Result{}, err
 	}
 	facts.endpoint = gatewayEndpoint(cluster)
-	facts.progress, facts.rolledOut = upgrade.Progress(state)
-	if versionErr != nil {
-		return facts, ctrl.Result{}, &DegradedError{Reason: v1alpha1.ReasonVersionRefused, Message: versionErr.Error()}
-	}
-	action := upgrade.Next(state, now)
-	requeue, err := r.executeAction(ctx, cluster, action, live)
-	if err != nil {
+	// A *DegradedError here is a rollout waiting for a person; the other rollout has moved on.
+	requeue, err := r.executeRollouts(ctx, cluster, rollouts, now, &facts)
+	var stopped *DegradedError
+	if err != nil && !errors.As(err, &stopped) {
 		return facts, ctrl.Result{}, err
 	}
 	result := ctrl.Result{RequeueAfter: certRecheck}
 	if requeue > 0 && (result.RequeueAfter == 0 || requeue < result.RequeueAfter) {
 		result.RequeueAfter = requeue
 	}
-	if action.Kind == upgrade.Stalled {
-		return facts, result, &DegradedError{Reason: v1alpha1.ReasonUpgradeStalled, Message: action.Message()}
-	}
-	return facts, result, nil
+	return facts, result, err
 }
 
 // desiredObjects is everything built from the spec and the tenants: the workloads and their configuration,
@@ -344,5 +335,5 @@ func (r *MetricsClusterReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&rbacv1.RoleBinding{}).
 		Watches(&v1alpha1.Tenant{}, clustersOfNamespace).
 		Watches(&corev1.Secret{}, clustersOfNamespace)
-	return CortexPodEvents(b).Complete(r)
+	return RolloutPodEvents(b).Complete(r)
 }

@@ -14,19 +14,33 @@ import (
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
 	"github.com/opstrace/opstrace/internal/manifests"
+	"github.com/opstrace/opstrace/internal/upgrade"
 )
 
 // clusterFacts are what a reconcile observed; the status functions turn them into conditions.
 type clusterFacts struct {
-	degraded            *DegradedError
+	degraded *DegradedError
+	// version is the desired Cortex release.
 	version             string
 	workloads           []workloadFact
 	monitoringAvailable bool
 	endpoint            string
-	// progress is upgrade.Progress of the observed rollout; rolledOut says every Cortex component runs the
-	// desired revision and is Ready, so status.version may become version.
-	progress  string
-	rolledOut bool
+	// rollouts are the observed plans: Cortex's, then Loki's when logs are on. None when the reconcile
+	// stopped before it observed them.
+	rollouts []rolloutFact
+}
+
+// rolloutFact is one plan as the planner judged it.
+type rolloutFact struct {
+	engine upgrade.Engine
+	// version is the plan's desired release.
+	version string
+	// progress is upgrade.Progress of the plan; done says every component of the plan runs the desired
+	// revision and is Ready, so the engine's version in the status may become version.
+	progress string
+	done     bool
+	// stopped: the plan waits for a person (a refused version or a stalled pod); its problem is in degraded.
+	stopped bool
 }
 
 // workloadFact is one component's Deployment or StatefulSet as its controller reports it.
@@ -126,10 +140,32 @@ func setClusterStatus(cluster *v1alpha1.MetricsCluster, facts clusterFacts) {
 		})
 	}
 
+	// Each engine's version moves when its own plan is done, whatever the other plan or a problem elsewhere
+	// does: the two rollouts are independent.
+	var moving []string
+	for _, r := range facts.rollouts {
+		switch {
+		case r.done && r.engine == upgrade.Loki:
+			cluster.Status.LogsVersion = r.version
+		case r.done:
+			cluster.Status.Version = r.version
+		case !r.stopped:
+			moving = append(moving, r.progress)
+		}
+	}
+	if !cluster.Spec.Logs.IsEnabled() {
+		cluster.Status.LogsVersion = ""
+	}
+
 	if facts.degraded != nil {
 		set(v1alpha1.ConditionDegraded, true, facts.degraded.Reason, facts.degraded.Message)
 		set(v1alpha1.ConditionReady, false, facts.degraded.Reason, "the cluster is degraded: "+facts.degraded.Message)
-		set(v1alpha1.ConditionProgressing, false, facts.degraded.Reason, "stopped until the problem is fixed")
+		if len(moving) > 0 {
+			// One rollout waits for a person, the other goes on.
+			set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonUpgrading, strings.Join(moving, "; "))
+		} else {
+			set(v1alpha1.ConditionProgressing, false, facts.degraded.Reason, "stopped until the problem is fixed")
+		}
 		return
 	}
 	set(v1alpha1.ConditionDegraded, false, v1alpha1.ReasonNoProblem, "")
@@ -157,12 +193,9 @@ func setClusterStatus(cluster *v1alpha1.MetricsCluster, facts clusterFacts) {
 			waiting = append(waiting, fmt.Sprintf("%s (%s)", w.component, message))
 		}
 	}
-	if facts.rolledOut {
-		cluster.Status.Version = facts.version
-	}
 	switch {
-	case !facts.rolledOut:
-		set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonUpgrading, facts.progress)
+	case len(moving) > 0:
+		set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonUpgrading, strings.Join(moving, "; "))
 	case len(waiting) > 0:
 		set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonRollingOut, "waiting for "+strings.Join(waiting, ", "))
 	default:

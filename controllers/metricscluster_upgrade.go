@@ -29,29 +29,49 @@ import (
 	"github.com/opstrace/opstrace/internal/upgrade"
 )
 
-// A rollout moves on pod events (see CortexPodEvents) and workload events. Two things have no event: the
-// ingester ring, which the controller polls every ringPoll while the planner waits on it, and the deadline
+// A cluster has two rollouts, two independent plans of the same planner (see internal/upgrade): its Cortex
+// workloads and, with logs on, its Loki workloads. Each reconcile observes both, holds back the templates
+// each has not reached, and carries out the next action of each.
+//
+// A rollout moves on pod events (see RolloutPodEvents) and workload events. Two things have no event: the
+// ingester rings, which the controller polls every ringPoll while a planner waits on one, and the deadline
 // of a pod that does not become Ready. upgradeRecheck is a safety net for both, and for a missed event.
 const ringPoll = 2 * time.Second
 
 // upgradeRecheck is a variable only so that a test can take the safety net away.
 var upgradeRecheck = 30 * time.Second
 
-// RingReader reads the ingester ring as the distributors of a cluster see it.
+// RingReader reads an engine's ingester ring as the engine's distributors of a cluster see it.
 type RingReader interface {
-	ReadRing(ctx context.Context, cluster *v1alpha1.MetricsCluster) ([]upgrade.RingMember, error)
+	ReadRing(ctx context.Context, cluster *v1alpha1.MetricsCluster, engine upgrade.Engine) ([]upgrade.RingMember, error)
 }
 
-// HTTPRingReader reads the ring from the distributor Service's /ingester/ring page, as JSON.
+// HTTPRingReader reads the ring from the distributor Service's ring page, as JSON (see RingURL).
 type HTTPRingReader struct {
 	// Client is the HTTP client; http.DefaultClient when nil.
 	Client *http.Client
 }
 
-// ReadRing GETs http://<distributor>.<namespace>.svc:<port>/ingester/ring with Accept: application/json.
-func (r HTTPRingReader) ReadRing(ctx context.Context, cluster *v1alpha1.MetricsCluster) ([]upgrade.RingMember, error) {
-	url := "http://" + manifests.ServiceAddress(manifests.ComponentName(cluster.Name, manifests.ComponentDistributor),
+// ReadRing GETs the engine's RingURL with Accept: application/json.
+func (r HTTPRingReader) ReadRing(ctx context.Context, cluster *v1alpha1.MetricsCluster, engine upgrade.Engine) ([]upgrade.RingMember, error) {
+	return r.read(ctx, RingURL(cluster, engine))
+}
+
+// RingURL is the page of an engine's ingester ring on the engine's distributor Service: Cortex's
+// http://<cluster>-distributor.<namespace>.svc...:8080/ingester/ring, Loki's
+// http://<cluster>-loki-distributor.<namespace>.svc...:3100/ring. Both are the ring as that distributor
+// sees it, and both answer the same JSON (dskit's ring page).
+func RingURL(cluster *v1alpha1.MetricsCluster, engine upgrade.Engine) string {
+	if engine == upgrade.Loki {
+		return "http://" + manifests.ServiceAddress(manifests.ComponentName(cluster.Name, manifests.LokiComponentDistributor),
+			cluster.Namespace, manifests.LokiHTTPPort) + "/ring"
+	}
+	return "http://" + manifests.ServiceAddress(manifests.ComponentName(cluster.Name, manifests.ComponentDistributor),
 		cluster.Namespace, manifests.DefaultHTTPPort) + "/ingester/ring"
+}
+
+// read GETs a ring page as JSON and parses it.
+func (r HTTPRingReader) read(ctx context.Context, url string) ([]upgrade.RingMember, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
@@ -76,8 +96,8 @@ func (r HTTPRingReader) ReadRing(ctx context.Context, cluster *v1alpha1.MetricsC
 	return parseRing(body)
 }
 
-// parseRing parses Cortex's /ingester/ring JSON: {"shards": [{"id": ..., "state": ...}, ...]}. A member whose
-// heartbeat is too old has the state "UNHEALTHY".
+// parseRing parses the JSON of Cortex's /ingester/ring and Loki's /ring: {"shards": [{"id": ..., "state":
+// ...}, ...]}. A member whose heartbeat is too old has the state "UNHEALTHY".
 func parseRing(body []byte) ([]upgrade.RingMember, error) {
 	var page struct {
 		Shards *[]struct {
@@ -98,18 +118,90 @@ func parseRing(body []byte) ([]upgrade.RingMember, error) {
 	return members, nil
 }
 
-// liveWorkload is a Cortex workload as it exists, with the pods the planner may delete.
+// liveWorkload is a workload of a plan as it exists, with the pods the planner may delete.
 type liveWorkload struct {
 	template corev1.PodTemplateSpec
 	podUIDs  map[string]types.UID
 }
 
-// observeUpgrade turns the built Cortex workloads, the live ones and their pods into the planner's State.
-func (r *MetricsClusterReconciler) observeUpgrade(ctx context.Context, cluster *v1alpha1.MetricsCluster, objects []client.Object, version string) (upgrade.State, map[string]liveWorkload, error) {
-	state := upgrade.State{Topology: cluster.Spec.Topology, Version: version}
+// rollout is one plan of a cluster as this reconcile observed it.
+type rollout struct {
+	state upgrade.State
+	live  map[string]liveWorkload
+	// versionErr: the desired version breaks the skew policy, so no template of the plan changes.
+	versionErr error
+}
+
+// planRollouts observes the cluster's plans (Cortex's; Loki's when logs are on), checks their versions, and
+// keeps in objects the live pod template of every workload a rollout has not reached. The objects may then
+// be applied.
+func (r *MetricsClusterReconciler) planRollouts(ctx context.Context, cluster *v1alpha1.MetricsCluster, objects []client.Object, cortexVersion string, now time.Time) ([]rollout, error) {
+	plans := map[upgrade.Engine]string{upgrade.Cortex: cortexVersion}
+	engines := []upgrade.Engine{upgrade.Cortex}
+	if cluster.Spec.Logs.IsEnabled() {
+		plans[upgrade.Loki] = manifests.LokiVersion(cluster.Spec.Logs)
+		engines = append(engines, upgrade.Loki)
+	}
+	var rollouts []rollout
+	for _, engine := range engines {
+		state, live, err := r.observeUpgrade(ctx, cluster, objects, engine, plans[engine])
+		if err != nil {
+			return nil, err
+		}
+		ro := rollout{state: state, live: live, versionErr: upgrade.CheckVersion(state)}
+		gateTemplates(objects, ro, now)
+		rollouts = append(rollouts, ro)
+	}
+	return rollouts, nil
+}
+
+// executeRollouts records each plan's progress in facts and carries out each plan's next action, after the
+// objects are applied. It returns when to look again, and a *DegradedError naming every plan that waits for
+// a person (a refused version, a stalled pod); the other plan has still moved on.
+func (r *MetricsClusterReconciler) executeRollouts(ctx context.Context, cluster *v1alpha1.MetricsCluster, rollouts []rollout, now time.Time, facts *clusterFacts) (time.Duration, error) {
+	var requeue time.Duration
+	var stopped []DegradedError
+	for _, ro := range rollouts {
+		fact := rolloutFact{engine: ro.state.Engine, version: ro.state.Version}
+		fact.progress, fact.done = upgrade.Progress(ro.state)
+		if ro.versionErr != nil {
+			fact.stopped = true
+			facts.rollouts = append(facts.rollouts, fact)
+			stopped = append(stopped, DegradedError{Reason: v1alpha1.ReasonVersionRefused, Message: ro.versionErr.Error()})
+			continue
+		}
+		action := upgrade.Next(ro.state, now)
+		if action.Kind == upgrade.Stalled {
+			fact.stopped = true
+			stopped = append(stopped, DegradedError{Reason: v1alpha1.ReasonUpgradeStalled, Message: action.Message()})
+		}
+		facts.rollouts = append(facts.rollouts, fact)
+		after, err := r.executeAction(ctx, cluster, action, ro.live)
+		if err != nil {
+			return 0, err
+		}
+		if after > 0 && (requeue == 0 || after < requeue) {
+			requeue = after
+		}
+	}
+	if len(stopped) == 0 {
+		return requeue, nil
+	}
+	// One Degraded condition: the first plan's reason, every plan's message.
+	degraded := &DegradedError{Reason: stopped[0].Reason, Message: stopped[0].Message}
+	for _, d := range stopped[1:] {
+		degraded.Message += "; " + d.Message
+	}
+	return requeue, degraded
+}
+
+// observeUpgrade turns the built workloads of an engine, the live ones and their pods into the planner's
+// State of that engine's plan.
+func (r *MetricsClusterReconciler) observeUpgrade(ctx context.Context, cluster *v1alpha1.MetricsCluster, objects []client.Object, engine upgrade.Engine, version string) (upgrade.State, map[string]liveWorkload, error) {
+	state := upgrade.State{Engine: engine, Topology: cluster.Spec.Topology, Version: version}
 	live := map[string]liveWorkload{}
 	inPlan := map[string]bool{}
-	for _, name := range upgrade.Order(cluster.Spec.Topology) {
+	for _, name := range engine.Order(cluster.Spec.Topology) {
 		inPlan[name] = true
 	}
 	for _, obj := range objects {
@@ -157,13 +249,13 @@ func (r *MetricsClusterReconciler) observeUpgrade(ctx context.Context, cluster *
 	return state, live, nil
 }
 
-// observeRing fills in the ingesters' ring states. Without a RingReader the ring check is disabled: every
-// Ready ingester pod counts as ACTIVE. A ring that cannot be read leaves RingObserved false, so the planner
-// waits.
+// observeRing fills in the ring states of the plan's ingesters. Without a RingReader the ring check is
+// disabled: every Ready ingester pod counts as ACTIVE. A ring that cannot be read leaves RingObserved false,
+// so the planner waits.
 func (r *MetricsClusterReconciler) observeRing(ctx context.Context, cluster *v1alpha1.MetricsCluster, state *upgrade.State) {
 	index := -1
 	for i, c := range state.Components {
-		if c.Name == manifests.ComponentIngester {
+		if c.Name == state.Engine.Ingester() {
 			index = i
 		}
 	}
@@ -180,7 +272,7 @@ func (r *MetricsClusterReconciler) observeRing(ctx context.Context, cluster *v1a
 		}
 		return
 	}
-	members, err := r.Ring.ReadRing(ctx, cluster)
+	members, err := r.Ring.ReadRing(ctx, cluster, state.Engine)
 	if err != nil {
 		return
 	}
@@ -255,12 +347,12 @@ func podTemplate(obj client.Object) (*corev1.PodTemplateSpec, bool) {
 	return nil, false
 }
 
-// gateTemplates keeps the live pod template in every built Cortex workload that the rollout has not reached,
-// or in all of them when hold is set (a refused version).
-func gateTemplates(objects []client.Object, state upgrade.State, live map[string]liveWorkload, now time.Time, hold bool) {
+// gateTemplates keeps the live pod template in every built workload of the plan that its rollout has not
+// reached, or in all of them when the plan's version is refused.
+func gateTemplates(objects []client.Object, ro rollout, now time.Time) {
 	for _, obj := range objects {
 		component := obj.GetLabels()[manifests.LabelComponent]
-		lw, exists := live[component]
+		lw, exists := ro.live[component]
 		template, ok := podTemplate(obj)
 		if !ok || !exists {
 			continue
@@ -268,7 +360,7 @@ func gateTemplates(objects []client.Object, state upgrade.State, live map[string
 		if template.Annotations[manifests.TemplateHashAnnotation] == lw.template.Annotations[manifests.TemplateHashAnnotation] {
 			continue
 		}
-		if hold || !upgrade.MayApplyTemplate(state, now, component) {
+		if ro.versionErr != nil || !upgrade.MayApplyTemplate(ro.state, now, component) {
 			*template = *lw.template.DeepCopy()
 		}
 	}
@@ -299,15 +391,17 @@ func (r *MetricsClusterReconciler) executeAction(ctx context.Context, cluster *v
 }
 
 // CacheOptions are the manager's cache options the controllers need: of all Pods, only those the
-// controller's workloads run (label app.kubernetes.io/managed-by=opstrace-controller). The rollout lists and
-// watches only them, and a cluster-wide cache of every Pod would cost memory in proportion to the cluster.
+// controller's workloads run (label app.kubernetes.io/managed-by=opstrace-controller), Cortex's and Loki's.
+// The rollouts list and watch only them, and a cluster-wide cache of every Pod would cost memory in
+// proportion to the cluster.
 func CacheOptions() cache.Options {
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
 		&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{manifests.LabelManagedBy: manifests.ManagedBy})},
 	}}
 }
 
-// clusterOfPod maps a Cortex pod to its MetricsCluster (label app.kubernetes.io/instance, same namespace).
+// clusterOfPod maps a Cortex or Loki pod to its MetricsCluster (label app.kubernetes.io/instance, same
+// namespace).
 var clusterOfPod = handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
 	if _, ok := rolloutComponent(obj); !ok {
 		return nil
@@ -316,10 +410,12 @@ var clusterOfPod = handler.EnqueueRequestsFromMapFunc(func(_ context.Context, ob
 	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: obj.GetNamespace(), Name: name}}}
 })
 
-// rolloutComponent is the component of a pod the rollout planner looks at, if it is one.
+// rolloutComponent is the component of a pod one of the rollout plans looks at, if it is one: a Cortex or
+// Loki pod of the controller.
 func rolloutComponent(obj client.Object) (string, bool) {
 	l := obj.GetLabels()
-	if l[manifests.LabelManagedBy] != manifests.ManagedBy || l[manifests.LabelName] != manifests.AppCortex || l[manifests.LabelInstance] == "" {
+	engine := l[manifests.LabelName] == manifests.AppCortex || l[manifests.LabelName] == manifests.AppLoki
+	if l[manifests.LabelManagedBy] != manifests.ManagedBy || !engine || l[manifests.LabelInstance] == "" {
 		return "", false
 	}
 	return l[manifests.LabelComponent], l[manifests.LabelComponent] != ""
@@ -342,8 +438,8 @@ var plannerViewChanged = predicate.Funcs{
 	},
 }
 
-// CortexPodEvents wake a MetricsCluster's reconcile when one of its Cortex pods is created, deleted, or
-// changes in a way the rollout planner sees, so that a rollout moves as soon as a pod allows it.
-func CortexPodEvents(b *builder.Builder) *builder.Builder {
+// RolloutPodEvents wake a MetricsCluster's reconcile when one of its Cortex or Loki pods is created,
+// deleted, or changes in a way the rollout planner sees, so that a rollout moves as soon as a pod allows it.
+func RolloutPodEvents(b *builder.Builder) *builder.Builder {
 	return b.Watches(&corev1.Pod{}, clusterOfPod, builder.WithPredicates(plannerViewChanged))
 }

@@ -10,10 +10,12 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -62,7 +64,7 @@ func microservicesCluster(name, version string) *v1alpha1.MetricsCluster {
 			Storage: v1alpha1.StorageSpec{Type: v1alpha1.StorageS3, S3: &v1alpha1.S3Storage{
 				Bucket: "metrics", Endpoint: "minio.storage.svc:9000", Insecure: true,
 			}},
-			// The planner orders Cortex's components only; Loki's are applied as they are (see the notes).
+			// Logs off: these tests follow Cortex's plan alone; metricscluster_upgrade_loki_test.go runs both.
 			Logs: v1alpha1.LogsSpec{Enabled: ptr.To(false)},
 		},
 	}
@@ -71,13 +73,8 @@ func microservicesCluster(name, version string) *v1alpha1.MetricsCluster {
 // workload is the live Deployment or StatefulSet of a component.
 func (h *harness) workload(cluster, component string) client.Object {
 	h.t.Helper()
-	name := manifests.ComponentName(cluster, component)
-	var obj client.Object = &appsv1.StatefulSet{}
-	switch component {
-	case manifests.ComponentDistributor, manifests.ComponentQuerier, manifests.ComponentQueryFrontend, manifests.ComponentGateway:
-		obj = &appsv1.Deployment{}
-	}
-	h.get(name, obj)
+	obj := h.workloadKind(component)
+	h.get(manifests.ComponentName(cluster, component), obj)
 	return obj
 }
 
@@ -165,6 +162,37 @@ func (h *harness) settle(cluster, component string) {
 	}
 }
 
+// replaceIngesters plays the OnDelete rollout of the ingester StatefulSet component, whose template is
+// applied: each reconcile deletes the highest ordinal still on the old template, a second reconcile before
+// its replacement exists deletes and writes nothing, and the test then recreates it as the StatefulSet
+// controller does. check sees the cluster after each deleting reconcile, with step ingesters replaced before.
+func (h *harness) replaceIngesters(cluster, component string, check func(step, n int, mc *v1alpha1.MetricsCluster)) {
+	h.t.Helper()
+	n := len(h.pods(cluster, component))
+	if n < 2 {
+		h.t.Fatalf("%d %s pods, want several", n, component)
+	}
+	for step := 0; step < n; step++ {
+		h.reconcileCluster(cluster)
+		var mc v1alpha1.MetricsCluster
+		h.get(cluster, &mc)
+		check(step, n, &mc)
+		deleted := manifests.ComponentName(cluster, component) + "-" + strconv.Itoa(n-1-step)
+		if now := h.pods(cluster, component); len(now) != n-1 || now[deleted].Name != "" {
+			h.t.Fatalf("step %d: %s pods %v, want exactly %s deleted", step, component, keys(now), deleted)
+		}
+		before := h.writes.n.Load()
+		h.reconcileCluster(cluster)
+		if writes := h.writes.n.Load() - before; writes != 0 {
+			h.t.Fatalf("step %d: a reconcile waiting for %s made %d writes, want 0", step, deleted, writes)
+		}
+		if now := h.pods(cluster, component); len(now) != n-1 {
+			h.t.Fatalf("step %d: a reconcile while %s is missing left %d pods, want %d", step, deleted, len(now), n-1)
+		}
+		h.settle(cluster, component)
+	}
+}
+
 func TestVersionUpgradeRollsComponentsInOrderAndIngestersOneAtATime(t *testing.T) {
 	h := newHarness(t)
 	h.create(microservicesCluster("metrics", versionA))
@@ -213,38 +241,15 @@ func TestVersionUpgradeRollsComponentsInOrderAndIngestersOneAtATime(t *testing.T
 
 	// The ingester template is applied (OnDelete: nothing restarts). Each reconcile now deletes the highest
 	// ordinal still on the old template, and the test plays the StatefulSet controller recreating it.
-	ingesters := h.pods("metrics", manifests.ComponentIngester)
-	n := len(ingesters)
-	if n < 2 {
-		t.Fatalf("%d ingesters, want several", n)
-	}
-	for step := 0; step < n; step++ {
-		h.reconcileCluster("metrics")
-		h.get("metrics", &cluster)
-		c := condition(cluster.Status.Conditions, v1alpha1.ConditionProgressing)
-		want := "ingesters " + strconv.Itoa(step) + "/" + strconv.Itoa(n) + " at " + versionB
-		if c.Message != want {
+	h.replaceIngesters("metrics", manifests.ComponentIngester, func(step, n int, mc *v1alpha1.MetricsCluster) {
+		c := condition(mc.Status.Conditions, v1alpha1.ConditionProgressing)
+		if want := "ingesters " + strconv.Itoa(step) + "/" + strconv.Itoa(n) + " at " + versionB; c.Message != want {
 			t.Fatalf("Progressing message = %q, want %q", c.Message, want)
 		}
-		now := h.pods("metrics", manifests.ComponentIngester)
-		deleted := "metrics-ingester-" + strconv.Itoa(n-1-step)
-		if _, ok := now[deleted]; ok || len(now) != n-1 {
-			t.Fatalf("step %d: ingesters %v, want exactly %s deleted", step, keys(now), deleted)
+		if mc.Status.Version != versionA {
+			t.Fatalf("status.version = %q with ingesters on the old version, want %s", mc.Status.Version, versionA)
 		}
-		if cluster.Status.Version != versionA {
-			t.Fatalf("status.version = %q with ingesters on the old version, want %s", cluster.Status.Version, versionA)
-		}
-		// A second reconcile before the replacement exists deletes nothing more, and writes nothing.
-		before := h.writes.n.Load()
-		h.reconcileCluster("metrics")
-		if writes := h.writes.n.Load() - before; writes != 0 {
-			t.Fatalf("step %d: a reconcile waiting for %s made %d writes, want 0", step, deleted, writes)
-		}
-		if now := h.pods("metrics", manifests.ComponentIngester); len(now) != n-1 {
-			t.Fatalf("step %d: a reconcile while %s is missing left %d ingesters, want %d", step, deleted, len(now), n-1)
-		}
-		h.settle("metrics", manifests.ComponentIngester)
-	}
+	})
 	h.reconcileCluster("metrics")
 	h.get("metrics", &cluster)
 	if cluster.Status.Version != versionB {
@@ -289,9 +294,9 @@ func keys(m map[string]corev1.Pod) []string {
 	return out
 }
 
-// A rollout moves on pod events: a Cortex pod of a cluster wakes that cluster, and only when what the
+// A rollout moves on pod events: a Cortex or Loki pod of a cluster wakes that cluster, and only when what the
 // planner sees of the pod changes; other pods and other changes wake nothing.
-func TestCortexPodEventsWakeTheirClusterOnPlannerChanges(t *testing.T) {
+func TestRolloutPodEventsWakeTheirClusterOnPlannerChanges(t *testing.T) {
 	ingester := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "metrics-ingester-2", Namespace: "ns",
 			Labels:      manifests.Labels("metrics", manifests.ComponentIngester),
@@ -300,6 +305,9 @@ func TestCortexPodEventsWakeTheirClusterOnPlannerChanges(t *testing.T) {
 		Status: corev1.PodStatus{PodIP: "10.244.0.7", Conditions: []corev1.PodCondition{
 			{Type: corev1.PodReady, Status: corev1.ConditionFalse, LastTransitionTime: metav1.Now()}}},
 	}
+	lokiIngester := ingester.DeepCopy()
+	lokiIngester.Name, lokiIngester.Labels = "metrics-loki-ingester-2", manifests.Labels("metrics", manifests.LokiComponentIngester)
+	lokiIngester.Spec.Containers[0].Name = manifests.LokiComponentIngester
 	gatewayPod := ingester.DeepCopy()
 	gatewayPod.Labels = manifests.Labels("metrics", manifests.ComponentGateway)
 	foreign := ingester.DeepCopy()
@@ -310,8 +318,22 @@ func TestCortexPodEventsWakeTheirClusterOnPlannerChanges(t *testing.T) {
 		clusterOfPod.Create(context.Background(), event.CreateEvent{Object: pod}, q)
 		return q.added
 	}
-	if got := mapped(ingester); len(got) != 1 || got[0].NamespacedName != (types.NamespacedName{Namespace: "ns", Name: "metrics"}) {
-		t.Errorf("an ingester pod of cluster ns/metrics enqueues %v", got)
+	for _, pod := range []*corev1.Pod{ingester, lokiIngester} {
+		if got := mapped(pod); len(got) != 1 || got[0].NamespacedName != (types.NamespacedName{Namespace: "ns", Name: "metrics"}) {
+			t.Errorf("pod %s of cluster ns/metrics enqueues %v", pod.Name, got)
+		}
+	}
+	// The manager's cache holds the pods of both engines (and no others).
+	var selector labels.Selector
+	for obj, opts := range CacheOptions().ByObject {
+		if _, ok := obj.(*corev1.Pod); ok {
+			selector = opts.Label
+		}
+	}
+	for _, pod := range []*corev1.Pod{ingester, lokiIngester, foreign} {
+		if want := pod != foreign; selector.Matches(labels.Set(pod.Labels)) != want {
+			t.Errorf("the pod cache selects %s: %v, want %v", pod.Name, !want, want)
+		}
 	}
 	if got := mapped(gatewayPod); len(got) != 0 {
 		t.Errorf("a gateway pod, not part of the rollout, enqueues %v", got)
@@ -320,27 +342,29 @@ func TestCortexPodEventsWakeTheirClusterOnPlannerChanges(t *testing.T) {
 		t.Errorf("a pod the controller does not manage enqueues %v", got)
 	}
 
-	changed := func(edit func(p *corev1.Pod)) bool {
-		updated := ingester.DeepCopy()
-		edit(updated)
-		return plannerViewChanged.Update(event.UpdateEvent{ObjectOld: ingester, ObjectNew: updated})
-	}
-	for name, edit := range map[string]func(p *corev1.Pod){
-		"became Ready": func(p *corev1.Pod) {
-			p.Status.Conditions[0].Status = corev1.ConditionTrue
-		},
-		"terminating": func(p *corev1.Pod) { p.DeletionTimestamp = ptr.To(metav1.Now()) },
-		"crash-looping": func(p *corev1.Pod) {
-			p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: manifests.ComponentIngester, RestartCount: 1,
-				State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff"}}}}
-		},
-	} {
-		if !changed(edit) {
-			t.Errorf("%s: the update is filtered out", name)
+	for _, pod := range []*corev1.Pod{ingester, lokiIngester} {
+		changed := func(edit func(p *corev1.Pod)) bool {
+			updated := pod.DeepCopy()
+			edit(updated)
+			return plannerViewChanged.Update(event.UpdateEvent{ObjectOld: pod, ObjectNew: updated})
 		}
-	}
-	if changed(func(p *corev1.Pod) { p.Status.Message, p.Status.HostIP = "probing", "10.0.0.1" }) {
-		t.Error("a status change the planner does not see wakes the cluster")
+		for name, edit := range map[string]func(p *corev1.Pod){
+			"became Ready": func(p *corev1.Pod) {
+				p.Status.Conditions[0].Status = corev1.ConditionTrue
+			},
+			"terminating": func(p *corev1.Pod) { p.DeletionTimestamp = ptr.To(metav1.Now()) },
+			"crash-looping": func(p *corev1.Pod) {
+				p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: p.Spec.Containers[0].Name, RestartCount: 1,
+					State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff"}}}}
+			},
+		} {
+			if !changed(edit) {
+				t.Errorf("%s %s: the update is filtered out", pod.Name, name)
+			}
+		}
+		if changed(func(p *corev1.Pod) { p.Status.Message, p.Status.HostIP = "probing", "10.0.0.1" }) {
+			t.Errorf("%s: a status change the planner does not see wakes the cluster", pod.Name)
+		}
 	}
 }
 
@@ -351,14 +375,19 @@ type fakeQueue struct {
 
 func (q *fakeQueue) Add(r reconcile.Request) { q.added = append(q.added, r) }
 
-// The controllers as the manager runs them, with the rollout's safety-net recheck taken away: a version
-// upgrade still goes through every component and every ingester, woken only by the events of the pods the
-// test plays the workload controllers and kubelet for (Ring is nil: a Ready ingester counts as ACTIVE).
+// The controllers as the manager runs them, with the rollout's safety-net recheck taken away: a Cortex and
+// a Loki version upgrade still go through every component and every ingester of both plans, woken only by
+// the events of the pods the test plays the workload controllers and kubelet for (Ring is nil: a Ready
+// ingester counts as ACTIVE).
 func TestRolloutMovesOnPodEventsAlone(t *testing.T) {
 	defer func(d time.Duration) { upgradeRecheck = d }(upgradeRecheck)
 	upgradeRecheck = time.Hour
 	h := newHarness(t)
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: env.Scheme, Cache: CacheOptions(),
+	// The test's namespace only: the MetricsClusters earlier tests left in theirs would queue before its own
+	// (one worker), and under load keep it waiting past waitFor's deadline.
+	cacheOptions := CacheOptions()
+	cacheOptions.DefaultNamespaces = map[string]cache.Config{h.ns: {}}
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: env.Scheme, Cache: cacheOptions,
 		Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0",
 		// TestManagerCarriesTenantChangesToTheGateway registers the same controller names in this process.
 		Controller: config.Controller{SkipNameValidation: ptr.To(true)}})
@@ -370,56 +399,75 @@ func TestRolloutMovesOnPodEventsAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan error)
+	stopped := make(chan error, 1)
 	go func() { stopped <- mgr.Start(ctx) }()
-	defer func() { cancel(); <-stopped }()
+	defer func() {
+		cancel()
+		if err := <-stopped; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	}()
 
-	h.create(microservicesCluster("metrics", versionA))
-	order := upgrade.Order(v1alpha1.TopologyMicroservices)
+	h.create(loggingCluster("metrics", versionA, lokiA))
+	plans := []struct {
+		engine  upgrade.Engine
+		image   func(string) string
+		version func(v1alpha1.MetricsClusterStatus) string
+	}{
+		{upgrade.Cortex, manifests.CortexImage, func(s v1alpha1.MetricsClusterStatus) string { return s.Version }},
+		{upgrade.Loki, manifests.LokiImage, func(s v1alpha1.MetricsClusterStatus) string { return s.LogsVersion }},
+	}
 	exists := func(component string) bool {
 		obj := h.workloadKind(component)
 		return env.Client.Get(ctx, client.ObjectKey{Namespace: h.ns, Name: manifests.ComponentName("metrics", component)}, obj) == nil
 	}
-	for _, component := range order {
-		waitFor(t, func() bool { return exists(component) }, "the "+component+" workload")
-		h.settle("metrics", component)
-	}
-	version := func() string {
+	status := func() v1alpha1.MetricsClusterStatus {
 		var mc v1alpha1.MetricsCluster
 		h.get("metrics", &mc)
-		return mc.Status.Version
+		return mc.Status
 	}
-	waitFor(t, func() bool { return version() == versionA }, "status.version "+versionA)
-
-	var cluster v1alpha1.MetricsCluster
-	h.get("metrics", &cluster)
-	cluster.Spec.Version = versionB
-	if err := env.Client.Update(ctx, &cluster); err != nil {
-		t.Fatal(err)
-	}
-	imageB := manifests.CortexImage(versionB)
-	for _, component := range order {
-		waitFor(t, func() bool { return h.templateImage("metrics", component) == imageB }, "the "+component+" template at "+versionB)
-		if component != manifests.ComponentIngester {
+	for _, plan := range plans {
+		for _, component := range plan.engine.Order(v1alpha1.TopologyMicroservices) {
+			waitFor(t, func() bool { return exists(component) }, "the "+component+" workload")
 			h.settle("metrics", component)
 		}
 	}
-	n := len(h.pods("metrics", manifests.ComponentIngester))
-	for step := range n {
-		deleted := "metrics-ingester-" + strconv.Itoa(n-1-step)
-		waitFor(t, func() bool {
-			_, ok := h.pods("metrics", manifests.ComponentIngester)[deleted]
-			return !ok
-		}, "ingester "+deleted+" deleted")
-		h.settle("metrics", manifests.ComponentIngester)
+	waitFor(t, func() bool { s := status(); return s.Version == versionA && s.LogsVersion == lokiA }, "status versions "+versionA+", "+lokiA)
+
+	var cluster v1alpha1.MetricsCluster
+	h.get("metrics", &cluster)
+	cluster.Spec.Version, cluster.Spec.Logs.Version = versionB, lokiB
+	if err := env.Client.Update(ctx, &cluster); err != nil {
+		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return version() == versionB }, "status.version "+versionB)
+	for i, plan := range plans {
+		to := []string{versionB, lokiB}[i]
+		order := plan.engine.Order(v1alpha1.TopologyMicroservices)
+		for _, component := range order {
+			waitFor(t, func() bool { return h.templateImage("metrics", component) == plan.image(to) }, "the "+component+" template at "+to)
+			if component != plan.engine.Ingester() {
+				h.settle("metrics", component)
+			}
+		}
+		ingester := plan.engine.Ingester()
+		n := len(h.pods("metrics", ingester))
+		for step := range n {
+			deleted := manifests.ComponentName("metrics", ingester) + "-" + strconv.Itoa(n-1-step)
+			waitFor(t, func() bool {
+				_, ok := h.pods("metrics", ingester)[deleted]
+				return !ok
+			}, "ingester "+deleted+" deleted")
+			h.settle("metrics", ingester)
+		}
+		waitFor(t, func() bool { return plan.version(status()) == to }, string(plan.engine)+" version "+to+" in the status")
+	}
 }
 
 // workloadKind is an empty Deployment or StatefulSet, as the component runs.
 func (h *harness) workloadKind(component string) client.Object {
 	switch component {
-	case manifests.ComponentDistributor, manifests.ComponentQuerier, manifests.ComponentQueryFrontend, manifests.ComponentGateway:
+	case manifests.ComponentDistributor, manifests.ComponentQuerier, manifests.ComponentQueryFrontend, manifests.ComponentGateway,
+		manifests.LokiComponentDistributor, manifests.LokiComponentQuerier, manifests.LokiComponentQueryFrontend:
 		return &appsv1.Deployment{}
 	}
 	return &appsv1.StatefulSet{}

@@ -37,10 +37,6 @@ func newLokiBuildOptions(mc *v1alpha1.MetricsCluster) *LokiBuildOptions {
 	if !mc.Spec.Logs.IsEnabled() {
 		return nil
 	}
-	version := mc.Spec.Logs.Version
-	if version == "" {
-		version = DefaultLokiVersion
-	}
 	replication := ReplicationFactor(mc.Spec.Size)
 	if mc.Spec.Topology == v1alpha1.TopologySingle {
 		replication = 1
@@ -67,8 +63,16 @@ func newLokiBuildOptions(mc *v1alpha1.MetricsCluster) *LokiBuildOptions {
 			GossipPort:          LokiGossipPort,
 			DefaultTenantLimits: *mc.Spec.DefaultTenantLimits.DeepCopy(),
 		},
-		Image: LokiImage(version),
+		Image: LokiImage(LokiVersion(mc.Spec.Logs)),
 	}
+}
+
+// LokiVersion is the Loki release a cluster runs: spec.logs.version, or DefaultLokiVersion when empty.
+func LokiVersion(logs v1alpha1.LogsSpec) string {
+	if logs.Version == "" {
+		return DefaultLokiVersion
+	}
+	return logs.Version
 }
 
 // completeLoki checks the Loki options and renders the contents the caller did not give.

@@ -51,7 +51,7 @@ func TestLokiHappyPathMicroservices(t *testing.T) {
 			}
 		}
 	}
-	// Progress is done exactly when Next is Done, so status.logs.version changes only at the end; every
+	// Progress is done exactly when Next is Done, so status.logsVersion changes only at the end; every
 	// DeletePod came when all three Loki ingesters were Ready and ACTIVE in the ring.
 	for _, o := range seen {
 		if _, done := Progress(o.state); done != (o.action.Kind == Done) {

@@ -322,7 +322,7 @@ func sortedPods(pods []Pod) []Pod {
 
 // Progress is the message of the Progressing condition, and whether the rollout is done: every component of
 // the plan runs the desired revision and is Ready (ingesters also ACTIVE in the ring). Only then may the
-// engine's version in the status (status.version, status.logs.version) become state.Version. The message
+// engine's version in the status (status.version, status.logsVersion) become state.Version. The message
 // holds no times, and changes only when the rollout moves.
 func Progress(state State) (message string, done bool) {
 	order := state.engine().Order(state.Topology)

@@ -41,7 +41,7 @@ func engineAt(engine Engine, topology v1alpha1.Topology, version string, ingeste
 			n = 1
 		}
 		c := Component{Name: name, DesiredRevision: revision(name, version), TemplateRevision: revision(name, version),
-			Replicas: n, OnDelete: name == engine.ingester()}
+			Replicas: n, OnDelete: name == engine.Ingester()}
 		for i := 0; i < int(n); i++ {
 			p := Pod{Name: podName(name, i), Ordinal: i, Revision: c.TemplateRevision, Version: version, Ready: true}
 			if state.isRingIngester(c) {
@@ -192,7 +192,7 @@ func (w *world) run(t *testing.T, maxSteps int) (seen []observed, acted []string
 // checkAtMostOneIngesterDown: with replication factor 3, never more than one ingester may be unavailable.
 func checkAtMostOneIngesterDown(t *testing.T, state State) {
 	t.Helper()
-	c, ok := state.component(state.engine().ingester())
+	c, ok := state.component(state.engine().Ingester())
 	if !ok || !state.isRingIngester(c) {
 		return
 	}
@@ -437,7 +437,7 @@ func allButIngestersAtDesired(state State) State {
 	state = clone(state)
 	for i := range state.Components {
 		c := &state.Components[i]
-		if c.Name == state.engine().ingester() || c.Name == manifests.ComponentGateway {
+		if c.Name == state.engine().Ingester() || c.Name == manifests.ComponentGateway {
 			continue
 		}
 		c.TemplateRevision = c.DesiredRevision

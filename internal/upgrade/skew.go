@@ -86,7 +86,7 @@ type skewFacts struct {
 
 func (e Engine) skewFacts() skewFacts {
 	if e == Loki {
-		return skewFacts{"spec.logs.version", "status.logs.version", manifests.DefaultLokiVersion,
+		return skewFacts{"spec.logs.version", "status.logsVersion", manifests.DefaultLokiVersion,
 			"chunks, TSDB index files, WAL segments or ring entries"}
 	}
 	return skewFacts{"spec.version", "status.version", manifests.DefaultCortexVersion,

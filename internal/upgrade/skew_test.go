@@ -127,7 +127,7 @@ func TestCheckLokiChange(t *testing.T) {
 			"controller: upgrade the controller again, or set spec.logs.version: v3.7.8)"},
 		{"v3.6.0", "v3.8.0", "Loki v3.8.0 is more than one minor version ahead of the running v3.6.0: Loki is upgraded " +
 			"one minor version at a time, so that each release's migrations apply in order; upgrade to v3.7.x first, " +
-			"then to v3.8.0 once status.logs.version is v3.7.x"},
+			"then to v3.8.0 once status.logsVersion is v3.7.x"},
 		{"v3.7.8", "v4.0.0", "Loki v4.0.0 is a new major version after the running v3.7.8: upgrading across major " +
 			"versions in place is not supported; keep spec.logs.version at v3.x and migrate as the v4.0.0 release notes describe"},
 		{"v3.7.8", "3.7.9", `Loki version "3.7.9" is not a release such as ` + manifests.DefaultLokiVersion +

@@ -222,8 +222,8 @@ func (e Engine) Order(topology v1alpha1.Topology) []string {
 	return []string{manifests.TargetAll}
 }
 
-// ingester is the engine's ingester component, of topology microservices.
-func (e Engine) ingester() string {
+// Ingester is the engine's ingester component, of topology microservices.
+func (e Engine) Ingester() string {
 	if e == Loki {
 		return manifests.LokiComponentIngester
 	}
@@ -250,7 +250,7 @@ func (s State) engine() Engine {
 // isRingIngester says whether c is an ingester whose rollout waits for the ring: the engine's ingester in
 // topology microservices.
 func (s State) isRingIngester(c Component) bool {
-	return c.Name == s.engine().ingester() && s.Topology == v1alpha1.TopologyMicroservices
+	return c.Name == s.engine().Ingester() && s.Topology == v1alpha1.TopologyMicroservices
 }
 
 // component is the observed component of that name.
