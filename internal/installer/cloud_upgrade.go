@@ -251,11 +251,7 @@ func observeInstalled(ctx context.Context, restConfig *rest.Config, kube client.
 
 // runUpgrade is the upgrade flow (see the top of this file).
 func runUpgrade(ctx context.Context, t upgradeTarget, opts upgradeOptions, out io.Writer) error {
-	restConfig, err := t.connect(ctx)
-	if err != nil {
-		return fmt.Errorf("connect to %s: %w", t.what, err)
-	}
-	kube, err := newKubeClient(restConfig)
+	restConfig, kube, err := connectKube(ctx, t.connect, t.what)
 	if err != nil {
 		return err
 	}
@@ -506,11 +502,7 @@ func newUpgradeCloudCommand(provider string) *cobra.Command {
 // cloudUpgradeTarget reads the config create stored in the cluster and checks the images given on the
 // command line against it, before anything changes.
 func cloudUpgradeTarget(ctx context.Context, c cloudCluster, opts upgradeOptions, out io.Writer) (upgradeTarget, error) {
-	restConfig, err := c.connect(ctx)
-	if err != nil {
-		return upgradeTarget{}, fmt.Errorf("connect to %s: %w", c.what, err)
-	}
-	kube, err := newKubeClient(restConfig)
+	_, kube, err := connectKube(ctx, c.connect, c.what)
 	if err != nil {
 		return upgradeTarget{}, err
 	}

@@ -123,15 +123,25 @@ func newVerifyCloudCommand(provider string) *cobra.Command {
 	return cmd
 }
 
-// verifyCloud is `opstrace verify aws|gcp NAME`: the canary through the cluster's gateway as tenant.
-func verifyCloud(ctx context.Context, c cloudCluster, tenant string, out io.Writer) error {
-	restConfig, err := c.connect(ctx)
+// connectKube reaches the API server of the cluster that what names, with a client that knows the
+// project's types.
+func connectKube(ctx context.Context, connect func(context.Context) (*rest.Config, error), what string) (*rest.Config, client.Client, error) {
+	restConfig, err := connect(ctx)
 	if err != nil {
-		return fmt.Errorf("verify: connect to %s: %w", c.what, err)
+		return nil, nil, fmt.Errorf("connect to %s: %w", what, err)
 	}
 	kube, err := newKubeClient(restConfig)
 	if err != nil {
-		return err
+		return nil, nil, err
+	}
+	return restConfig, kube, nil
+}
+
+// verifyCloud is `opstrace verify aws|gcp NAME`: the canary through the cluster's gateway as tenant.
+func verifyCloud(ctx context.Context, c cloudCluster, tenant string, out io.Writer) error {
+	_, kube, err := connectKube(ctx, c.connect, c.what)
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
 	}
 	var mc v1alpha1.MetricsCluster
 	if err := kube.Get(ctx, client.ObjectKey{Namespace: cloud.Namespace, Name: c.name}, &mc); apierrors.IsNotFound(err) {
