@@ -220,6 +220,11 @@ func TestStalledLokiRolloutDegradesWhileCortexRollsOn(t *testing.T) {
 	if got := h.templateImage("metrics", manifests.LokiComponentCompactor); got != manifests.LokiImage(lokiB) {
 		t.Fatalf("Loki compactor template %s, want %s", got, manifests.LokiImage(lokiB))
 	}
+	h.get("metrics", &cluster)
+	if c, want := condition(cluster.Status.Conditions, v1alpha1.ConditionProgressing),
+		"upgrading compactor to "+versionB+"; upgrading loki-compactor to "+lokiB; c.Message != want {
+		t.Fatalf("Progressing message %q with both rollouts moving, want %q", c.Message, want)
+	}
 	h.settle("metrics", manifests.LokiComponentCompactor)
 	h.crash("metrics", manifests.LokiComponentCompactor)
 

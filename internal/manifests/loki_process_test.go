@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
 )
@@ -63,6 +64,48 @@ func TestLokiAcceptsEveryRenderedConfig(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestLokiIngesterRegistersUnderItsHostname asks Loki which ID an ingester of each rendered microservices
+// configuration registers in the ring (-print-config-stderr prints the configuration Loki resolved): the
+// hostname, because the configuration sets none. A StatefulSet pod's hostname is its name, so the upgrade
+// planner finds each ingester pod in the ring the Loki distributors serve on /ring under the pod's name.
+func TestLokiIngesterRegistersUnderItsHostname(t *testing.T) {
+	binary := lokiBinary(t)
+	hostname, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	goldens, err := filepath.Glob(filepath.Join("testdata", "loki-microservices-*.golden"))
+	if err != nil || len(goldens) == 0 {
+		t.Fatalf("Loki microservices goldens: %v %v", goldens, err)
+	}
+	for _, golden := range goldens {
+		t.Run(filepath.Base(golden), func(t *testing.T) {
+			args := append(LokiArgs(LokiOptions{ConfigFile: golden}, LokiComponentIngester), "-verify-config=true", "-print-config-stderr=true")
+			cmd := exec.Command(binary, args...)
+			cmd.Env = append(os.Environ(), PodIPEnv+"=127.0.0.1")
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("loki %v: %v\n%s", args, err, out)
+			}
+			// The configuration comes first, as YAML; Loki's log lines follow it.
+			config, _, _ := strings.Cut(string(out), "\nlevel=")
+			var resolved struct {
+				Ingester struct {
+					Lifecycler struct {
+						ID string `json:"id"`
+					} `json:"lifecycler"`
+				} `json:"ingester"`
+			}
+			if err := yaml.Unmarshal([]byte(config), &resolved); err != nil {
+				t.Fatalf("Loki's printed configuration: %v\n%s", err, config)
+			}
+			if id := resolved.Ingester.Lifecycler.ID; id != hostname {
+				t.Errorf("the ingester registers in the ring as %q, want the hostname %q", id, hostname)
+			}
+		})
 	}
 }
 
