@@ -185,11 +185,12 @@ func newKubeTokenCommand() *cobra.Command {
 	return cmd
 }
 
-// awsSteps are the cloud steps and the Kubernetes step of an AWS install. out receives the Kubernetes
-// step's progress.
+// awsSteps are the cloud steps and the Kubernetes step of an AWS install, and with dns cert-manager and the
+// gateway's DNS record (awsCertificateSteps). out receives the Kubernetes steps' progress.
 func awsSteps(c *awscloud.Clients, name string, cfg config.Config, out io.Writer) []plan.Step {
-	return append(awscloud.Steps(c, name, cfg), &kubeStep{
-		deps:    []string{"aws/node-group", "aws/cortex-role", "aws/loki-role", "aws/eks-access", "aws/addon-" + awscloud.EBSCSIAddon},
+	steps := append(awscloud.Steps(c, name, cfg), &kubeStep{
+		deps: append([]string{"aws/node-group", "aws/cortex-role", "aws/loki-role", "aws/eks-access", "aws/addon-" + awscloud.EBSCSIAddon},
+			certManagerDeps(cfg)...),
 		connect: awsConnect(c, name),
 		workload: func(ctx context.Context) (cloudWorkload, error) {
 			cortex, loki, err := awscloud.WorkloadRoles(ctx, c, name)
@@ -206,6 +207,7 @@ func awsSteps(c *awscloud.Clients, name string, cfg config.Config, out io.Writer
 		},
 		out: out,
 	})
+	return append(steps, awsCertificateSteps(c, name, cfg, out)...)
 }
 
 // awsStorageClass is the default class of an AWS install: encrypted gp3 volumes from the EBS CSI driver,
@@ -435,7 +437,7 @@ func newStatusAWSCommand() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(out, "AWS cluster %s in %s; config: %s\n\n", name, region, source)
-			return printCloudStatus(ctx, out, "aws", name, awscloud.Steps(c, name, cfg), connect)
+			return printCloudStatus(ctx, out, "aws", name, awsStatusSteps(c, name, cfg), connect)
 		},
 	}
 	cmd.Flags().StringVar(&region, "region", config.DefaultAWSRegion, "AWS region of the cluster")

@@ -101,15 +101,16 @@ func gcpWorkload(c *gcpcloud.Clients, name string, cfg config.Config) cloudWorkl
 	}
 }
 
-// gcpSteps are the cloud steps and the Kubernetes step of a GCP install. out receives the Kubernetes
-// step's progress.
+// gcpSteps are the cloud steps and the Kubernetes step of a GCP install, and with dns cert-manager and the
+// gateway's DNS record (gcpCertificateSteps). out receives the Kubernetes steps' progress.
 func gcpSteps(c *gcpcloud.Clients, name string, cfg config.Config, out io.Writer) []plan.Step {
-	return append(gcpcloud.Steps(c, name, cfg), &kubeStep{
-		deps:     []string{"gcp/node-pool", "gcp/cortex-identity", "gcp/loki-identity"},
+	steps := append(gcpcloud.Steps(c, name, cfg), &kubeStep{
+		deps:     append([]string{"gcp/node-pool", "gcp/cortex-identity", "gcp/loki-identity"}, certManagerDeps(cfg)...),
 		connect:  gcpConnect(c, name),
 		workload: func(context.Context) (cloudWorkload, error) { return gcpWorkload(c, name, cfg), nil },
 		out:      out,
 	})
+	return append(steps, gcpCertificateSteps(c, name, cfg, out)...)
 }
 
 func newCreateGCPCommand() *cobra.Command {
@@ -310,7 +311,7 @@ func newStatusGCPCommand() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(out, "GCP cluster %s in project %s, %s; config: %s\n\n", name, project, region, source)
-			return printCloudStatus(ctx, out, "gcp", name, gcpcloud.Steps(c, name, cfg), connect)
+			return printCloudStatus(ctx, out, "gcp", name, gcpStatusSteps(c, name, cfg), connect)
 		},
 	}
 	projectFlags(cmd, &project, &region)

@@ -14,6 +14,7 @@ import (
 	"cloud.google.com/go/iam/admin/apiv1/adminpb"
 	"cloud.google.com/go/storage"
 	gax "github.com/googleapis/gax-go/v2"
+	dns "google.golang.org/api/dns/v1"
 	"google.golang.org/api/googleapi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -33,6 +34,7 @@ type emptyProject struct {
 	gcpcloud.ComputeAPI
 	gcpcloud.GKEAPI
 	gcpcloud.IAMAPI
+	gcpcloud.DNSAPI
 	mu       sync.Mutex
 	calls    []string
 	clusters []*containerpb.Cluster
@@ -47,7 +49,7 @@ func (p *emptyProject) record(op string) {
 
 func (p *emptyProject) clients() *gcpcloud.Clients {
 	return &gcpcloud.Clients{Project: "acme-prod", Region: "europe-west1",
-		Storage: storageReads{p}, Compute: computeReads{p}, GKE: gkeReads{p}, IAM: iamReads{p},
+		Storage: storageReads{p}, Compute: computeReads{p}, GKE: gkeReads{p}, IAM: iamReads{p}, DNS: dnsReads{p},
 		Token: func(context.Context) (string, error) { return "", errors.New("no token in this test") }}
 }
 
@@ -117,6 +119,13 @@ func (i iamReads) GetServiceAccount(context.Context, *adminpb.GetServiceAccountR
 }
 func (i iamReads) ListServiceAccounts(context.Context, *adminpb.ListServiceAccountsRequest) ([]*adminpb.ServiceAccount, error) {
 	i.record("iam:ListServiceAccounts")
+	return nil, nil
+}
+
+type dnsReads struct{ *emptyProject }
+
+func (d dnsReads) ListManagedZones(context.Context, string, string) ([]*dns.ManagedZone, error) {
+	d.record("dns:ListManagedZones")
 	return nil, nil
 }
 

@@ -91,7 +91,7 @@ func BuildCloudObjects(w cloudWorkload, namespace string) []client.Object {
 				Storage:   w.Storage,
 				Retention: v1alpha1.RetentionSpec{MetricsDays: int32(cfg.MetricRetentionDays), LogsDays: int32(cfg.LogRetentionDays)},
 				Gateway: v1alpha1.GatewaySpec{ServiceType: corev1.ServiceTypeLoadBalancer, AllowedSourceRanges: cfg.DataAPIAuthorizedIPRanges,
-					Hostname: gatewayHostname(cfg)},
+					Hostname: gatewayHostname(cfg), TLS: gatewayIssuer(cfg)},
 				Logs:            v1alpha1.LogsSpec{Storage: v1alpha1.LogsStorageSpec{Bucket: w.LogsBucket}},
 				ServiceAccounts: w.ServiceAccounts,
 			}},
@@ -127,11 +127,13 @@ func contentHash(v any) string {
 	return hex.EncodeToString(sum[:12])
 }
 
+// gatewayHostname is the gateway's name with the config's dns: the record the DNS step makes, the name
+// the gateway's certificate covers.
 func gatewayHostname(cfg config.Config) string {
 	if cfg.DNS == nil {
 		return ""
 	}
-	return "metrics." + cfg.DNS.Domain
+	return cloud.GatewayHostname(cfg.DNS.Domain)
 }
 
 // controllerValues are the Helm values of a cloud install: the images of the config file.
@@ -605,8 +607,12 @@ func releaseDiff(restConfig *rest.Config, values map[string]any) (string, error)
 }
 
 func helmConfig(kubeconfig string) (*action.Configuration, error) {
+	return helmConfigIn(kubeconfig, ControllerNamespace)
+}
+
+// helmConfigIn is Helm's configuration for the releases of namespace.
+func helmConfigIn(kubeconfig, namespace string) (*action.Configuration, error) {
 	flags := genericclioptions.NewConfigFlags(false)
-	namespace := ControllerNamespace
 	flags.KubeConfig, flags.Namespace = &kubeconfig, &namespace
 	cfg := new(action.Configuration)
 	if err := cfg.Init(flags, namespace, "secret", func(string, ...any) {}); err != nil {

@@ -95,18 +95,24 @@ func Access(ctx context.Context, c *Clients, cluster string) (KubeAccess, error)
 // WorkloadRoles returns the ARNs of the Cortex and Loki IRSA roles; an error of kind plan.NotFound while
 // one does not exist yet.
 func WorkloadRoles(ctx context.Context, c *Clients, cluster string) (cortex, loki string, err error) {
-	arns := make([]string, 2)
-	for i, name := range []string{CortexRoleName(cluster), LokiRoleName(cluster)} {
-		role, err := c.IAM.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(name)})
-		if err != nil {
-			return "", "", classify("read IAM role "+name, "iam:GetRole", err)
-		}
-		if !ownedBy(role.Role.Tags, cluster, func(t iamtypes.Tag) (string, string) { return aws.ToString(t.Key), aws.ToString(t.Value) }) {
-			return "", "", plan.NotOwnedError("IAM role "+name, "IAM role "+name, cloud.OwnerTag+"="+cluster)
-		}
-		arns[i] = aws.ToString(role.Role.Arn)
+	if cortex, err = RoleARN(ctx, c, cluster, CortexRoleName(cluster)); err != nil {
+		return "", "", err
 	}
-	return arns[0], arns[1], nil
+	loki, err = RoleARN(ctx, c, cluster, LokiRoleName(cluster))
+	return cortex, loki, err
+}
+
+// RoleARN returns the ARN of the cluster's IAM role name (e.g. CertManagerRoleName); an error of kind
+// plan.NotFound while it does not exist yet.
+func RoleARN(ctx context.Context, c *Clients, cluster, name string) (string, error) {
+	role, err := c.IAM.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(name)})
+	if err != nil {
+		return "", classify("read IAM role "+name, "iam:GetRole", err)
+	}
+	if !ownedBy(role.Role.Tags, cluster, func(t iamtypes.Tag) (string, string) { return aws.ToString(t.Key), aws.ToString(t.Value) }) {
+		return "", plan.NotOwnedError("IAM role "+name, "IAM role "+name, cloud.OwnerTag+"="+cluster)
+	}
+	return aws.ToString(role.Role.Arn), nil
 }
 
 // Find lists every resource tagged for cluster (every cluster when cluster is ""), by cluster name: what
