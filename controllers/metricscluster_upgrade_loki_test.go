@@ -33,13 +33,24 @@ func loggingCluster(name, version, lokiVersion string) *v1alpha1.MetricsCluster 
 	return mc
 }
 
-// settleAll settles every workload of both plans and the gateway.
-func (h *harness) settleAll(cluster string) {
+// rolledOut creates loggingCluster(name, version, lokiVersion), settles every workload of both plans and
+// the gateway, and returns the cluster once a reconcile reported both versions in its status.
+func (h *harness) rolledOut(name, version, lokiVersion string) *v1alpha1.MetricsCluster {
 	h.t.Helper()
+	h.create(loggingCluster(name, version, lokiVersion))
+	h.reconcileCluster(name)
 	components := append(upgrade.Cortex.Order(v1alpha1.TopologyMicroservices), upgrade.Loki.Order(v1alpha1.TopologyMicroservices)...)
 	for _, component := range append(components, manifests.ComponentGateway) {
-		h.settle(cluster, component)
+		h.settle(name, component)
 	}
+	h.reconcileCluster(name)
+	var cluster v1alpha1.MetricsCluster
+	h.get(name, &cluster)
+	if cluster.Status.Version != version || cluster.Status.LogsVersion != lokiVersion {
+		h.t.Fatalf("status versions %q, %q once every component is Ready, want %s, %s; conditions %+v",
+			cluster.Status.Version, cluster.Status.LogsVersion, version, lokiVersion, cluster.Status.Conditions)
+	}
+	return &cluster
 }
 
 // templateHashes are the template-hash annotations of the live workloads of components.
@@ -70,23 +81,14 @@ func TestLokiRollsOutInOrderAndIngestersOneAtATime(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
-			h.create(loggingCluster("metrics", versionB, lokiA))
-			h.reconcileCluster("metrics")
-			h.settleAll("metrics")
-			h.reconcileCluster("metrics")
-			var cluster v1alpha1.MetricsCluster
-			h.get("metrics", &cluster)
-			if cluster.Status.Version != versionB || cluster.Status.LogsVersion != lokiA {
-				t.Fatalf("status versions %q, %q once every component is Ready, want %s, %s; conditions %+v",
-					cluster.Status.Version, cluster.Status.LogsVersion, versionB, lokiA, cluster.Status.Conditions)
-			}
+			cluster := h.rolledOut("metrics", versionB, lokiA)
 			lokiOrder := upgrade.Loki.Order(v1alpha1.TopologyMicroservices)
 			cortexOrder := upgrade.Cortex.Order(v1alpha1.TopologyMicroservices)
 			lokiBefore := h.templateHashes("metrics", lokiOrder)
 			cortexBefore := h.templateHashes("metrics", cortexOrder)
 
-			tc.change(&cluster)
-			if err := env.Client.Update(context.Background(), &cluster); err != nil {
+			tc.change(cluster)
+			if err := env.Client.Update(context.Background(), cluster); err != nil {
 				t.Fatal(err)
 			}
 			for i, component := range lokiOrder {
@@ -97,7 +99,7 @@ func TestLokiRollsOutInOrderAndIngestersOneAtATime(t *testing.T) {
 						t.Fatalf("while rolling %s: the template of %s changed=%v, want %v", component, other, changed, j <= i)
 					}
 				}
-				h.get("metrics", &cluster)
+				h.get("metrics", cluster)
 				c := condition(cluster.Status.Conditions, v1alpha1.ConditionProgressing)
 				named := component
 				if component == manifests.LokiComponentIngester {
@@ -132,7 +134,7 @@ func TestLokiRollsOutInOrderAndIngestersOneAtATime(t *testing.T) {
 				}
 			})
 			h.reconcileCluster("metrics")
-			h.get("metrics", &cluster)
+			h.get("metrics", cluster)
 			if cluster.Status.LogsVersion != tc.version || cluster.Status.Version != versionB {
 				t.Fatalf("status versions %q, %q after the rollout, want %s, %s", cluster.Status.Version, cluster.Status.LogsVersion, versionB, tc.version)
 			}
@@ -161,11 +163,11 @@ func TestLokiRollsOutInOrderAndIngestersOneAtATime(t *testing.T) {
 			}
 			// Back to the previous Loki: refused, no Loki template changes, Cortex is not held.
 			cluster.Spec.Logs.Version = lokiA
-			if err := env.Client.Update(context.Background(), &cluster); err != nil {
+			if err := env.Client.Update(context.Background(), cluster); err != nil {
 				t.Fatal(err)
 			}
 			h.reconcileCluster("metrics")
-			h.get("metrics", &cluster)
+			h.get("metrics", cluster)
 			c := condition(cluster.Status.Conditions, v1alpha1.ConditionDegraded)
 			if c.Status != metav1.ConditionTrue || c.Reason != v1alpha1.ReasonVersionRefused ||
 				!strings.HasPrefix(c.Message, "Loki "+lokiA+" is older than the running "+lokiB+": Loki cannot be downgraded in place") {
@@ -201,14 +203,9 @@ func (h *harness) crash(cluster, component string) {
 // status.logsVersion does not. Once the pod runs, the Loki rollout goes on by itself.
 func TestStalledLokiRolloutDegradesWhileCortexRollsOn(t *testing.T) {
 	h := newHarness(t)
-	h.create(loggingCluster("metrics", versionA, lokiA))
-	h.reconcileCluster("metrics")
-	h.settleAll("metrics")
-	h.reconcileCluster("metrics")
-	var cluster v1alpha1.MetricsCluster
-	h.get("metrics", &cluster)
+	cluster := h.rolledOut("metrics", versionA, lokiA)
 	cluster.Spec.Version, cluster.Spec.Logs.Version = versionB, lokiB
-	if err := env.Client.Update(context.Background(), &cluster); err != nil {
+	if err := env.Client.Update(context.Background(), cluster); err != nil {
 		t.Fatal(err)
 	}
 
@@ -220,7 +217,7 @@ func TestStalledLokiRolloutDegradesWhileCortexRollsOn(t *testing.T) {
 	if got := h.templateImage("metrics", manifests.LokiComponentCompactor); got != manifests.LokiImage(lokiB) {
 		t.Fatalf("Loki compactor template %s, want %s", got, manifests.LokiImage(lokiB))
 	}
-	h.get("metrics", &cluster)
+	h.get("metrics", cluster)
 	if c, want := condition(cluster.Status.Conditions, v1alpha1.ConditionProgressing),
 		"upgrading compactor to "+versionB+"; upgrading loki-compactor to "+lokiB; c.Message != want {
 		t.Fatalf("Progressing message %q with both rollouts moving, want %q", c.Message, want)
@@ -244,8 +241,8 @@ func TestStalledLokiRolloutDegradesWhileCortexRollsOn(t *testing.T) {
 	}
 	for _, component := range upgrade.Cortex.Order(v1alpha1.TopologyMicroservices) {
 		h.reconcileCluster("metrics")
-		h.get("metrics", &cluster)
-		wantDegraded(&cluster, "rolling Cortex's "+component)
+		h.get("metrics", cluster)
+		wantDegraded(cluster, "rolling Cortex's "+component)
 		if got := h.templateImage("metrics", component); got != manifests.CortexImage(versionB) {
 			t.Fatalf("Cortex's %s template %s beside a stalled Loki, want %s", component, got, manifests.CortexImage(versionB))
 		}
@@ -265,8 +262,8 @@ func TestStalledLokiRolloutDegradesWhileCortexRollsOn(t *testing.T) {
 		}
 	})
 	h.reconcileCluster("metrics")
-	h.get("metrics", &cluster)
-	wantDegraded(&cluster, "Cortex rolled out")
+	h.get("metrics", cluster)
+	wantDegraded(cluster, "Cortex rolled out")
 	if cluster.Status.Version != versionB {
 		t.Fatalf("status.version = %q once Cortex rolled out beside a stalled Loki, want %s", cluster.Status.Version, versionB)
 	}
@@ -284,7 +281,7 @@ func TestStalledLokiRolloutDegradesWhileCortexRollsOn(t *testing.T) {
 		}
 	}
 	h.reconcileCluster("metrics")
-	h.get("metrics", &cluster)
+	h.get("metrics", cluster)
 	if c := condition(cluster.Status.Conditions, v1alpha1.ConditionDegraded); c.Status != metav1.ConditionFalse {
 		t.Fatalf("Degraded = %+v once the Loki compactor is Ready, want False", c)
 	}

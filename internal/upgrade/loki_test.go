@@ -2,7 +2,6 @@ package upgrade
 
 import (
 	"reflect"
-	"strings"
 	"testing"
 	"time"
 
@@ -10,8 +9,8 @@ import (
 	"github.com/opstrace/opstrace/internal/manifests"
 )
 
-// The Loki plan is the same planner as Cortex's with Loki's components: these tests walk it as plan_test.go
-// walks Cortex's.
+// The Loki plan is the same planner as Cortex's with Loki's components: plan_test.go walks both (walks); these
+// tests are Loki's own cases.
 
 const (
 	lokiFrom = "v3.7.8"
@@ -21,106 +20,6 @@ const (
 // lokiUpgrade is a microservices cluster whose Loki components run lokiFrom, with lokiTo desired.
 func lokiUpgrade() State {
 	return desire(engineAt(Loki, v1alpha1.TopologyMicroservices, lokiFrom, 3), lokiTo)
-}
-
-func TestLokiHappyPathMicroservices(t *testing.T) {
-	w := newWorld(lokiUpgrade())
-	seen, acted := w.run(t, 200)
-	want := []string{
-		"ApplyComponent(loki-compactor)",
-		"ApplyComponent(loki-query-frontend)",
-		"ApplyComponent(loki-querier)",
-		"ApplyComponent(loki-distributor)",
-		"ApplyComponent(loki-ingester)",
-		"DeletePod(metrics-loki-ingester-2)",
-		"DeletePod(metrics-loki-ingester-1)",
-		"DeletePod(metrics-loki-ingester-0)",
-		"Done",
-	}
-	if !reflect.DeepEqual(acted, want) {
-		t.Fatalf("actions:\n got %q\nwant %q", acted, want)
-	}
-	for _, c := range w.state.Components {
-		for _, p := range c.Pods {
-			wantVersion := lokiTo
-			if c.Name == manifests.ComponentGateway {
-				wantVersion = lokiFrom
-			}
-			if p.Version != wantVersion {
-				t.Errorf("%s runs %s, want %s", p.Name, p.Version, wantVersion)
-			}
-		}
-	}
-	// Progress is done exactly when Next is Done, so status.logsVersion changes only at the end; every
-	// DeletePod came when all three Loki ingesters were Ready and ACTIVE in the ring.
-	for _, o := range seen {
-		if _, done := Progress(o.state); done != (o.action.Kind == Done) {
-			t.Errorf("Progress done=%v but Next is %v", done, o.action)
-		}
-		if o.action.Kind != DeletePod {
-			continue
-		}
-		c, _ := o.state.component(manifests.LokiComponentIngester)
-		for _, p := range c.Pods {
-			if !p.Ready || p.Ring != RingActive || p.Terminating {
-				t.Errorf("%v while %s is Ready=%v ring=%q", o.action, p.Name, p.Ready, p.Ring)
-			}
-		}
-	}
-}
-
-func TestLokiProgressMessagesAlongTheWalk(t *testing.T) {
-	w := newWorld(lokiUpgrade())
-	seen, _ := w.run(t, 200)
-	var messages []string
-	for _, o := range seen {
-		m, _ := Progress(o.state)
-		if len(messages) == 0 || messages[len(messages)-1] != m {
-			messages = append(messages, m)
-		}
-	}
-	want := []string{
-		"upgrading loki-compactor to v3.8.0",
-		"upgrading loki-query-frontend to v3.8.0",
-		"upgrading loki-querier to v3.8.0",
-		"upgrading loki-distributor to v3.8.0",
-		"loki ingesters 0/3 at v3.8.0",
-		"loki ingesters 1/3 at v3.8.0",
-		"loki ingesters 2/3 at v3.8.0",
-		"every Loki component runs v3.8.0",
-	}
-	if !reflect.DeepEqual(messages, want) {
-		t.Fatalf("messages:\n got %q\nwant %q", messages, want)
-	}
-}
-
-// TestLokiResumeIsDerivedFromObservedState: a controller restarted anywhere in a Loki rollout takes the same
-// action as one that did not restart, and one restarted after the first Loki ingester was replaced goes on
-// with the second.
-func TestLokiResumeIsDerivedFromObservedState(t *testing.T) {
-	w := newWorld(lokiUpgrade())
-	seen, _ := w.run(t, 200)
-	for i := len(seen) - 1; i >= 0; i-- {
-		o := seen[i]
-		if got := Next(clone(o.state), o.now); got != o.action {
-			t.Errorf("step %d: a fresh Next gives %v, the walk gave %v", i, got, o.action)
-		}
-	}
-
-	mid := allButIngestersAtDesired(lokiUpgrade())
-	ing := componentPtr(&mid, manifests.LokiComponentIngester)
-	ing.TemplateRevision = ing.DesiredRevision
-	ing.Pods[2].Revision, ing.Pods[2].Version = ing.DesiredRevision, lokiTo
-	if got := Next(mid, t0.Add(time.Hour)); got.Kind != DeletePod || got.Pod != "metrics-loki-ingester-1" {
-		t.Errorf("mid-upgrade: got %v, want DeletePod(metrics-loki-ingester-1)", got)
-	}
-	if m, _ := Progress(mid); m != "loki ingesters 1/3 at v3.8.0" {
-		t.Errorf("mid-upgrade progress %q", m)
-	}
-	_, acted := newWorld(mid).run(t, 100)
-	if want := []string{"DeletePod(metrics-loki-ingester-1)", "DeletePod(metrics-loki-ingester-0)", "Done"}; !reflect.DeepEqual(acted, want) {
-		t.Errorf("resumed walk %q, want %q", acted, want)
-	}
 }
 
 // lokiIngesterState is a Loki rollout that reached the ingesters, whose template is applied; edit changes it.
@@ -199,53 +98,6 @@ func TestLokiIngesterTable(t *testing.T) {
 	})
 	if m, _ := Progress(s); m != "loki ingesters 1/3 at v3.8.0" {
 		t.Errorf("ring unreadable: progress %q", m)
-	}
-}
-
-func TestLokiIngesterThatNeverBecomesReadyStalls(t *testing.T) {
-	w := newWorld(lokiUpgrade())
-	w.broken["metrics-loki-ingester-2"] = ""
-	_, acted := w.run(t, 500)
-	if last, want := acted[len(acted)-1], "Stalled(metrics-loki-ingester-2: did not become Ready within 10m0s)"; last != want {
-		t.Fatalf("last action %s, want %s (all: %q)", last, want, acted)
-	}
-	first := Next(w.state, w.now)
-	for i := 0; i < 120; i++ {
-		w.tick()
-		if a := Next(w.state, w.now); a != first {
-			t.Fatalf("stall changed from %v to %v", first, a)
-		}
-	}
-	want := "the rollout stopped at pod metrics-loki-ingester-2 (loki-ingester): it did not become Ready within 10m0s; " +
-		"find out why with kubectl describe pod metrics-loki-ingester-2 and kubectl logs metrics-loki-ingester-2, then " +
-		"fix the cause or change the MetricsCluster's spec; the rollout continues by itself once the pod is Ready"
-	if got := first.Message(); got != want {
-		t.Errorf("message\n got %q\nwant %q", got, want)
-	}
-	for _, a := range acted {
-		if strings.HasPrefix(a, "DeletePod(metrics-loki-ingester-1") || strings.HasPrefix(a, "DeletePod(metrics-loki-ingester-0") {
-			t.Errorf("continued past the broken ingester: %q", acted)
-		}
-	}
-}
-
-func TestLokiTopologySingle(t *testing.T) {
-	w := newWorld(desire(engineAt(Loki, v1alpha1.TopologySingle, lokiFrom, 0), lokiTo))
-	if m, done := Progress(w.state); m != "upgrading loki to v3.8.0" || done {
-		t.Errorf("progress before: %q %v", m, done)
-	}
-	_, acted := w.run(t, 20)
-	if want := []string{"ApplyComponent(loki)", "Done"}; !reflect.DeepEqual(acted, want) {
-		t.Fatalf("actions %q, want %q", acted, want)
-	}
-	if m, done := Progress(w.state); m != "every Loki component runs v3.8.0" || !done {
-		t.Errorf("progress after: %q %v", m, done)
-	}
-	w = newWorld(desire(engineAt(Loki, v1alpha1.TopologySingle, lokiFrom, 0), lokiTo))
-	w.broken["metrics-loki-0"] = "ImagePullBackOff"
-	_, acted = w.run(t, 100)
-	if last := acted[len(acted)-1]; last != "Stalled(metrics-loki-0: cannot start: ImagePullBackOff)" {
-		t.Errorf("last action %s", last)
 	}
 }
 

@@ -207,10 +207,17 @@ func checkAtMostOneIngesterDown(t *testing.T, state State) {
 	}
 }
 
-func TestHappyPathMicroservices(t *testing.T) {
-	w := newWorld(desire(clusterAt(v1alpha1.TopologyMicroservices, "v1.21.1", 3), "v1.22.0"))
-	seen, acted := w.run(t, 200)
-	want := []string{
+// walks are a version upgrade of each plan, topology microservices with three ingesters, and what the
+// planner does along it.
+var walks = []struct {
+	engine   Engine
+	from, to string
+	// actions are the actions other than Wait, in order.
+	actions []string
+	// messages are the Progressing messages, deduplicated, in order.
+	messages []string
+}{
+	{Cortex, "v1.21.1", "v1.22.0", []string{
 		"ApplyComponent(compactor)",
 		"ApplyComponent(store-gateway)",
 		"ApplyComponent(query-frontend)",
@@ -221,55 +228,7 @@ func TestHappyPathMicroservices(t *testing.T) {
 		"DeletePod(metrics-ingester-1)",
 		"DeletePod(metrics-ingester-0)",
 		"Done",
-	}
-	if !reflect.DeepEqual(acted, want) {
-		t.Fatalf("actions:\n got %q\nwant %q", acted, want)
-	}
-	// Every pod of the plan runs the new version; the gateway was not touched.
-	for _, c := range w.state.Components {
-		for _, p := range c.Pods {
-			wantVersion := "v1.22.0"
-			if c.Name == manifests.ComponentGateway {
-				wantVersion = "v1.21.1"
-			}
-			if p.Version != wantVersion {
-				t.Errorf("%s runs %s, want %s", p.Name, p.Version, wantVersion)
-			}
-		}
-	}
-	// Progress is done exactly when Next is Done, so status.version changes only at the end.
-	for _, o := range seen {
-		if _, done := Progress(o.state); done != (o.action.Kind == Done) {
-			t.Errorf("Progress done=%v but Next is %v", done, o.action)
-		}
-	}
-	// Every DeletePod came when all three ingesters were Ready and ACTIVE on a fresh look.
-	for _, o := range seen {
-		if o.action.Kind != DeletePod {
-			continue
-		}
-		c, _ := o.state.component(manifests.ComponentIngester)
-		for _, p := range c.Pods {
-			if !p.Ready || p.Ring != RingActive || p.Terminating {
-				t.Errorf("%v while %s is Ready=%v ring=%q", o.action, p.Name, p.Ready, p.Ring)
-			}
-		}
-	}
-}
-
-// TestProgressMessagesAlongTheWalk: the Progressing messages of the walk, deduplicated, in order. They move
-// only when the rollout moves.
-func TestProgressMessagesAlongTheWalk(t *testing.T) {
-	w := newWorld(desire(clusterAt(v1alpha1.TopologyMicroservices, "v1.21.1", 3), "v1.22.0"))
-	seen, _ := w.run(t, 200)
-	var messages []string
-	for _, o := range seen {
-		m, _ := Progress(o.state)
-		if len(messages) == 0 || messages[len(messages)-1] != m {
-			messages = append(messages, m)
-		}
-	}
-	want := []string{
+	}, []string{
 		"upgrading compactor to v1.22.0",
 		"upgrading store-gateway to v1.22.0",
 		"upgrading query-frontend to v1.22.0",
@@ -279,98 +238,172 @@ func TestProgressMessagesAlongTheWalk(t *testing.T) {
 		"ingesters 1/3 at v1.22.0",
 		"ingesters 2/3 at v1.22.0",
 		"every component runs v1.22.0",
+	}},
+	{Loki, lokiFrom, lokiTo, []string{
+		"ApplyComponent(loki-compactor)",
+		"ApplyComponent(loki-query-frontend)",
+		"ApplyComponent(loki-querier)",
+		"ApplyComponent(loki-distributor)",
+		"ApplyComponent(loki-ingester)",
+		"DeletePod(metrics-loki-ingester-2)",
+		"DeletePod(metrics-loki-ingester-1)",
+		"DeletePod(metrics-loki-ingester-0)",
+		"Done",
+	}, []string{
+		"upgrading loki-compactor to v3.8.0",
+		"upgrading loki-query-frontend to v3.8.0",
+		"upgrading loki-querier to v3.8.0",
+		"upgrading loki-distributor to v3.8.0",
+		"loki ingesters 0/3 at v3.8.0",
+		"loki ingesters 1/3 at v3.8.0",
+		"loki ingesters 2/3 at v3.8.0",
+		"every Loki component runs v3.8.0",
+	}},
+}
+
+func TestHappyPathMicroservices(t *testing.T) {
+	for _, walk := range walks {
+		t.Run(string(walk.engine), func(t *testing.T) {
+			w := newWorld(desire(engineAt(walk.engine, v1alpha1.TopologyMicroservices, walk.from, 3), walk.to))
+			seen, acted := w.run(t, 200)
+			if !reflect.DeepEqual(acted, walk.actions) {
+				t.Fatalf("actions:\n got %q\nwant %q", acted, walk.actions)
+			}
+			// Every pod of the plan runs the new version; the gateway was not touched.
+			for _, c := range w.state.Components {
+				for _, p := range c.Pods {
+					wantVersion := walk.to
+					if c.Name == manifests.ComponentGateway {
+						wantVersion = walk.from
+					}
+					if p.Version != wantVersion {
+						t.Errorf("%s runs %s, want %s", p.Name, p.Version, wantVersion)
+					}
+				}
+			}
+			for _, o := range seen {
+				// Progress is done exactly when Next is Done, so the version in the status changes only at the end.
+				if _, done := Progress(o.state); done != (o.action.Kind == Done) {
+					t.Errorf("Progress done=%v but Next is %v", done, o.action)
+				}
+				// Every DeletePod came when all three ingesters were Ready and ACTIVE on a fresh look.
+				if o.action.Kind != DeletePod {
+					continue
+				}
+				c, _ := o.state.component(walk.engine.Ingester())
+				for _, p := range c.Pods {
+					if !p.Ready || p.Ring != RingActive || p.Terminating {
+						t.Errorf("%v while %s is Ready=%v ring=%q", o.action, p.Name, p.Ready, p.Ring)
+					}
+				}
+			}
+		})
 	}
-	if !reflect.DeepEqual(messages, want) {
-		t.Fatalf("messages:\n got %q\nwant %q", messages, want)
+}
+
+// TestProgressMessagesAlongTheWalk: the Progressing messages of the walk, deduplicated, in order. They move
+// only when the rollout moves.
+func TestProgressMessagesAlongTheWalk(t *testing.T) {
+	for _, walk := range walks {
+		w := newWorld(desire(engineAt(walk.engine, v1alpha1.TopologyMicroservices, walk.from, 3), walk.to))
+		seen, _ := w.run(t, 200)
+		var messages []string
+		for _, o := range seen {
+			m, _ := Progress(o.state)
+			if len(messages) == 0 || messages[len(messages)-1] != m {
+				messages = append(messages, m)
+			}
+		}
+		if !reflect.DeepEqual(messages, walk.messages) {
+			t.Errorf("%s messages:\n got %q\nwant %q", walk.engine, messages, walk.messages)
+		}
 	}
 }
 
 // TestResumeIsDerivedFromObservedState: a controller restarted at any point of the walk (a fresh call on the
 // state it observes, with no history) takes the same action as the one that did not restart.
 func TestResumeIsDerivedFromObservedState(t *testing.T) {
-	w := newWorld(desire(clusterAt(v1alpha1.TopologyMicroservices, "v1.21.1", 3), "v1.22.0"))
-	seen, _ := w.run(t, 200)
-	if len(seen) < 20 {
-		t.Fatalf("walk too short: %d steps", len(seen))
-	}
-	for i := len(seen) - 1; i >= 0; i-- { // in reverse, so no call can depend on an earlier one
-		o := seen[i]
-		if got := Next(clone(o.state), o.now); got != o.action {
-			t.Errorf("step %d: a fresh Next gives %v, the walk gave %v", i, got, o.action)
-		}
-	}
-
-	// A restart mid-upgrade, from a state built by hand rather than reached by a walk: ingester 2 already
-	// runs the new revision (replaced by the previous controller), 1 and 0 do not.
-	mid := desire(clusterAt(v1alpha1.TopologyMicroservices, "v1.21.1", 3), "v1.22.0")
-	for i := range mid.Components {
-		c := &mid.Components[i]
-		if c.Name == manifests.ComponentGateway {
-			continue
-		}
-		c.TemplateRevision = c.DesiredRevision
-		for j := range c.Pods {
-			if c.Name != manifests.ComponentIngester || c.Pods[j].Ordinal == 2 {
-				c.Pods[j].Revision, c.Pods[j].Version = c.DesiredRevision, "v1.22.0"
+	for _, walk := range walks {
+		t.Run(string(walk.engine), func(t *testing.T) {
+			start := desire(engineAt(walk.engine, v1alpha1.TopologyMicroservices, walk.from, 3), walk.to)
+			seen, _ := newWorld(clone(start)).run(t, 200)
+			if len(seen) < 20 {
+				t.Fatalf("walk too short: %d steps", len(seen))
 			}
-		}
-	}
-	for _, now := range []time.Time{t0, t0.Add(time.Hour), t0.Add(24 * time.Hour)} {
-		if got, want := Next(mid, now), (Action{Kind: DeletePod, Component: "ingester", Pod: "metrics-ingester-1"}); got.Kind != want.Kind || got.Pod != want.Pod {
-			t.Errorf("mid-upgrade at %v: got %v, want %v", now, got, want)
-		}
-	}
-	if m, _ := Progress(mid); m != "ingesters 1/3 at v1.22.0" {
-		t.Errorf("mid-upgrade progress %q", m)
-	}
-	// And the resumed walk finishes with the two remaining ingesters only.
-	rest := newWorld(mid)
-	_, acted := rest.run(t, 100)
-	if want := []string{"DeletePod(metrics-ingester-1)", "DeletePod(metrics-ingester-0)", "Done"}; !reflect.DeepEqual(acted, want) {
-		t.Errorf("resumed walk %q, want %q", acted, want)
+			for i := len(seen) - 1; i >= 0; i-- { // in reverse, so no call can depend on an earlier one
+				o := seen[i]
+				if got := Next(clone(o.state), o.now); got != o.action {
+					t.Errorf("step %d: a fresh Next gives %v, the walk gave %v", i, got, o.action)
+				}
+			}
+
+			// A restart mid-upgrade, from a state built by hand rather than reached by a walk: ingester 2
+			// already runs the new revision (replaced by the previous controller), 1 and 0 do not.
+			ingester := walk.engine.Ingester()
+			mid := allButIngestersAtDesired(start)
+			ing := componentPtr(&mid, ingester)
+			ing.TemplateRevision = ing.DesiredRevision
+			ing.Pods[2].Revision, ing.Pods[2].Version = ing.DesiredRevision, walk.to
+			for _, now := range []time.Time{t0, t0.Add(time.Hour), t0.Add(24 * time.Hour)} {
+				if got := Next(mid, now); got.Kind != DeletePod || got.Pod != podName(ingester, 1) {
+					t.Errorf("mid-upgrade at %v: got %v, want DeletePod(%s)", now, got, podName(ingester, 1))
+				}
+			}
+			if m, _ := Progress(mid); m != walk.messages[len(walk.messages)-3] {
+				t.Errorf("mid-upgrade progress %q, want %q", m, walk.messages[len(walk.messages)-3])
+			}
+			// And the resumed walk finishes with the two remaining ingesters only.
+			_, acted := newWorld(mid).run(t, 100)
+			if want := walk.actions[len(walk.actions)-3:]; !reflect.DeepEqual(acted, want) {
+				t.Errorf("resumed walk %q, want %q", acted, want)
+			}
+		})
 	}
 }
 
 func TestIngesterThatNeverBecomesReadyStalls(t *testing.T) {
-	for _, tc := range []struct {
-		name       string
-		waiting    string
-		wantReason string
-	}{
-		{"not ready until the deadline", "", "did not become Ready within 10m0s"},
-		{"crash-looping", "CrashLoopBackOff", "cannot start: CrashLoopBackOff"},
-		{"image cannot be pulled", "ErrImagePull", "cannot start: ImagePullBackOff"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			w := newWorld(desire(clusterAt(v1alpha1.TopologyMicroservices, "v1.21.1", 3), "v1.22.0"))
-			w.broken["metrics-ingester-2"] = tc.waiting
-			_, acted := w.run(t, 500)
-			last := acted[len(acted)-1]
-			if want := "Stalled(metrics-ingester-2: " + tc.wantReason + ")"; last != want {
-				t.Fatalf("last action %s, want %s (all: %q)", last, want, acted)
-			}
-			// Keep observing for an hour: it stays Stalled on the same pod with the same message, and no
-			// other ingester is deleted.
-			first := Next(w.state, w.now)
-			for i := 0; i < 120; i++ {
-				w.tick()
-				a := Next(w.state, w.now)
-				if a.Kind == DeletePod {
-					t.Fatalf("deleted %s while metrics-ingester-2 is broken", a.Pod)
+	for _, walk := range walks {
+		for _, tc := range []struct {
+			name       string
+			waiting    string
+			wantReason string
+		}{
+			{"not ready until the deadline", "", "did not become Ready within 10m0s"},
+			{"crash-looping", "CrashLoopBackOff", "cannot start: CrashLoopBackOff"},
+			{"image cannot be pulled", "ErrImagePull", "cannot start: ImagePullBackOff"},
+		} {
+			t.Run(string(walk.engine)+"/"+tc.name, func(t *testing.T) {
+				w := newWorld(desire(engineAt(walk.engine, v1alpha1.TopologyMicroservices, walk.from, 3), walk.to))
+				broken := podName(walk.engine.Ingester(), 2)
+				w.broken[broken] = tc.waiting
+				_, acted := w.run(t, 500)
+				last := acted[len(acted)-1]
+				if want := "Stalled(" + broken + ": " + tc.wantReason + ")"; last != want {
+					t.Fatalf("last action %s, want %s (all: %q)", last, want, acted)
 				}
-				if a != first {
-					t.Fatalf("stall changed from %v to %v", first, a)
+				// Keep observing for an hour: it stays Stalled on the same pod with the same message, and no
+				// other ingester is deleted.
+				first := Next(w.state, w.now)
+				for i := 0; i < 120; i++ {
+					w.tick()
+					a := Next(w.state, w.now)
+					if a.Kind == DeletePod {
+						t.Fatalf("deleted %s while %s is broken", a.Pod, broken)
+					}
+					if a != first {
+						t.Fatalf("stall changed from %v to %v", first, a)
+					}
 				}
-			}
-			if !strings.Contains(first.Message(), "metrics-ingester-2") || !strings.Contains(first.Message(), tc.wantReason) {
-				t.Errorf("message %q does not name the pod and reason", first.Message())
-			}
-			for _, a := range acted {
-				if a == "DeletePod(metrics-ingester-1)" || a == "DeletePod(metrics-ingester-0)" {
-					t.Errorf("continued past the broken ingester: %q", acted)
+				if !strings.Contains(first.Message(), broken) || !strings.Contains(first.Message(), tc.wantReason) {
+					t.Errorf("message %q does not name the pod and reason", first.Message())
 				}
-			}
-		})
+				for _, a := range acted {
+					if a == "DeletePod("+podName(walk.engine.Ingester(), 1)+")" || a == "DeletePod("+podName(walk.engine.Ingester(), 0)+")" {
+						t.Errorf("continued past the broken ingester: %q", acted)
+					}
+				}
+			})
+		}
 	}
 }
 
@@ -655,30 +688,36 @@ func TestNewRevisionMidIngestersStartsOverInOrder(t *testing.T) {
 }
 
 func TestTopologySingle(t *testing.T) {
-	w := newWorld(desire(clusterAt(v1alpha1.TopologySingle, "v1.21.1", 0), "v1.22.0"))
-	if m, done := Progress(w.state); m != "upgrading cortex to v1.22.0" || done {
-		t.Errorf("progress before: %q %v", m, done)
-	}
-	_, acted := w.run(t, 20)
-	if want := []string{"ApplyComponent(all)", "Done"}; !reflect.DeepEqual(acted, want) {
-		t.Fatalf("actions %q, want %q", acted, want)
-	}
-	if m, done := Progress(w.state); m != "every component runs v1.22.0" || !done {
-		t.Errorf("progress after: %q %v", m, done)
-	}
-	// Empty topology is the API's default, single.
-	s := clone(w.state)
-	s.Topology = ""
-	if got := Next(s, w.now); got.Kind != Done {
-		t.Errorf("empty topology: %v", got)
-	}
+	for _, walk := range walks {
+		t.Run(string(walk.engine), func(t *testing.T) {
+			process := walk.engine.Order(v1alpha1.TopologySingle)[0] // all, loki
+			start := desire(engineAt(walk.engine, v1alpha1.TopologySingle, walk.from, 0), walk.to)
+			w := newWorld(clone(start))
+			if m, done := Progress(w.state); m != "upgrading "+displayName(process)+" to "+walk.to || done {
+				t.Errorf("progress before: %q %v", m, done)
+			}
+			_, acted := w.run(t, 20)
+			if want := []string{"ApplyComponent(" + process + ")", "Done"}; !reflect.DeepEqual(acted, want) {
+				t.Fatalf("actions %q, want %q", acted, want)
+			}
+			if m, done := Progress(w.state); m != walk.messages[len(walk.messages)-1] || !done {
+				t.Errorf("progress after: %q %v", m, done)
+			}
+			// Empty topology is the API's default, single.
+			s := clone(w.state)
+			s.Topology = ""
+			if got := Next(s, w.now); got.Kind != Done {
+				t.Errorf("empty topology: %v", got)
+			}
 
-	// The one process never becomes Ready.
-	w = newWorld(desire(clusterAt(v1alpha1.TopologySingle, "v1.21.1", 0), "v1.22.0"))
-	w.broken["metrics-all-0"] = ""
-	_, acted = w.run(t, 100)
-	if last := acted[len(acted)-1]; last != "Stalled(metrics-all-0: did not become Ready within 10m0s)" {
-		t.Errorf("last action %s", last)
+			// The one process never becomes Ready.
+			w = newWorld(clone(start))
+			w.broken[podName(process, 0)] = ""
+			_, acted = w.run(t, 100)
+			if last, want := acted[len(acted)-1], "Stalled("+podName(process, 0)+": did not become Ready within 10m0s)"; last != want {
+				t.Errorf("last action %s, want %s", last, want)
+			}
+		})
 	}
 }
 
