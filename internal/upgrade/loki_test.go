@@ -24,11 +24,7 @@ func lokiUpgrade() State {
 
 // lokiIngesterState is a Loki rollout that reached the ingesters, whose template is applied; edit changes it.
 func lokiIngesterState(edit func(s *State, ing *Component)) State {
-	s := allButIngestersAtDesired(lokiUpgrade())
-	ing := componentPtr(&s, manifests.LokiComponentIngester)
-	ing.TemplateRevision = ing.DesiredRevision
-	edit(&s, ing)
-	return s
+	return ingesterStateOf(lokiUpgrade(), edit)
 }
 
 func TestLokiIngesterTable(t *testing.T) {

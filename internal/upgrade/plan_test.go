@@ -490,10 +490,17 @@ func componentPtr(s *State, name string) *Component {
 	panic(name)
 }
 
-// ingesterState is a cluster rolled out but for the ingesters, whose template is applied; edit changes it.
+// ingesterState is a Cortex upgrade rolled out but for the ingesters, whose template is applied; edit
+// changes it.
 func ingesterState(edit func(s *State, ing *Component)) State {
-	s := allButIngestersAtDesired(desire(clusterAt(v1alpha1.TopologyMicroservices, "v1.21.1", 3), "v1.22.0"))
-	ing := componentPtr(&s, manifests.ComponentIngester)
+	return ingesterStateOf(desire(clusterAt(v1alpha1.TopologyMicroservices, "v1.21.1", 3), "v1.22.0"), edit)
+}
+
+// ingesterStateOf is the upgrade plan rolled out but for its ingesters, whose template is applied; edit
+// changes it.
+func ingesterStateOf(plan State, edit func(s *State, ing *Component)) State {
+	s := allButIngestersAtDesired(plan)
+	ing := componentPtr(&s, s.engine().Ingester())
 	ing.TemplateRevision = ing.DesiredRevision
 	edit(&s, ing)
 	return s
