@@ -136,15 +136,17 @@ type rollout struct {
 // keeps in objects the live pod template of every workload a rollout has not reached. The objects may then
 // be applied.
 func (r *MetricsClusterReconciler) planRollouts(ctx context.Context, cluster *v1alpha1.MetricsCluster, objects []client.Object, cortexVersion string, now time.Time) ([]rollout, error) {
-	plans := map[upgrade.Engine]string{upgrade.Cortex: cortexVersion}
-	engines := []upgrade.Engine{upgrade.Cortex}
+	type plan struct {
+		engine  upgrade.Engine
+		version string
+	}
+	plans := []plan{{upgrade.Cortex, cortexVersion}}
 	if cluster.Spec.Logs.IsEnabled() {
-		plans[upgrade.Loki] = manifests.LokiVersion(cluster.Spec.Logs)
-		engines = append(engines, upgrade.Loki)
+		plans = append(plans, plan{upgrade.Loki, manifests.LokiVersion(cluster.Spec.Logs)})
 	}
 	var rollouts []rollout
-	for _, engine := range engines {
-		state, live, err := r.observeUpgrade(ctx, cluster, objects, engine, plans[engine])
+	for _, p := range plans {
+		state, live, err := r.observeUpgrade(ctx, cluster, objects, p.engine, p.version)
 		if err != nil {
 			return nil, err
 		}
