@@ -31,6 +31,7 @@ import (
 	"github.com/opstrace/opstrace/internal/installer/cloud"
 	"github.com/opstrace/opstrace/internal/installer/config"
 	"github.com/opstrace/opstrace/internal/installer/plan"
+	"github.com/opstrace/opstrace/internal/manifests"
 )
 
 // CertManagerVersion is the cert-manager release a cloud install runs. Keep it in step with
@@ -328,4 +329,55 @@ func certManagerReleaseDiff(restConfig *rest.Config, values map[string]any) (str
 		diff = append(diff, "other values (service account identity)")
 	}
 	return strings.Join(diff, ", "), nil
+}
+
+// gatewayCertificate says how cert-manager stands with the gateway's certificate of a MetricsCluster whose
+// spec.gateway.tls.issuerRef names an issuer: ready, and otherwise why not, from the Certificate's Ready
+// condition and the state of each ACME challenge for the gateway's name (where a DNS01 permission problem
+// shows). applies is false when the controller's own CA issues the gateway's certificate.
+func gatewayCertificate(ctx context.Context, kube client.Client, mc *v1alpha1.MetricsCluster) (applies, ready bool, detail string) {
+	if mc.Spec.Gateway.TLS == nil || mc.Spec.Gateway.TLS.IssuerRef == nil {
+		return false, false, ""
+	}
+	name := manifests.GatewayTLSSecretName(mc.Name)
+	certificate := &unstructured.Unstructured{}
+	certificate.SetAPIVersion("cert-manager.io/v1")
+	certificate.SetKind("Certificate")
+	if err := kube.Get(ctx, client.ObjectKey{Namespace: mc.Namespace, Name: name}, certificate); err != nil {
+		if meta.IsNoMatchError(err) {
+			return true, false, "cert-manager is not installed (no Certificate kind): run create again"
+		}
+		return true, false, "Certificate " + mc.Namespace + "/" + name + ": " + err.Error()
+	}
+	status, message := readyCondition(certificate)
+	if status == "True" {
+		return true, true, "Certificate " + name + " issued by " + mc.Spec.Gateway.TLS.IssuerRef.Kind + " " + mc.Spec.Gateway.TLS.IssuerRef.Name
+	}
+	parts := []string{"Certificate " + name + " not ready: " + orDash(message)}
+	challenges := &unstructured.UnstructuredList{}
+	challenges.SetAPIVersion("acme.cert-manager.io/v1")
+	challenges.SetKind("ChallengeList")
+	if err := kube.List(ctx, challenges, client.InNamespace(mc.Namespace)); err == nil {
+		for _, ch := range challenges.Items {
+			dnsName, _, _ := unstructured.NestedString(ch.Object, "spec", "dnsName")
+			state, _, _ := unstructured.NestedString(ch.Object, "status", "state")
+			reason, _, _ := unstructured.NestedString(ch.Object, "status", "reason")
+			if dnsName == mc.Spec.Gateway.Hostname && state != "valid" {
+				parts = append(parts, "ACME challenge "+ch.GetName()+" "+orDash(state)+": "+orDash(reason))
+			}
+		}
+	}
+	return true, false, strings.Join(parts, "; ")
+}
+
+// readyCondition is the status and message of an object's Ready condition, as cert-manager writes it.
+func readyCondition(obj *unstructured.Unstructured) (status, message string) {
+	conditions, _, _ := unstructured.NestedSlice(obj.Object, "status", "conditions")
+	for _, raw := range conditions {
+		if c, ok := raw.(map[string]any); ok && c["type"] == "Ready" {
+			status, _ = c["status"].(string)
+			message, _ = c["message"].(string)
+		}
+	}
+	return status, message
 }

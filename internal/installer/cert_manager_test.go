@@ -182,6 +182,59 @@ func TestCertManagerStepOnARealAPIServer(t *testing.T) {
 
 	t.Run("MetricsCluster", func(t *testing.T) { testLetsEncryptMetricsCluster(t, env) })
 	t.Run("gateway address", func(t *testing.T) { testGatewayAddress(t, env) })
+	t.Run("gateway certificate", func(t *testing.T) { testGatewayCertificate(t, env) })
+}
+
+// What create's wait and status say about the gateway's certificate while cert-manager issues it: the
+// Certificate's Ready message and each pending challenge's reason (a DNS01 permission problem shows there),
+// then that it is issued. Here the test writes the statuses cert-manager would write.
+func testGatewayCertificate(t *testing.T, env *testenv.Env) {
+	ctx := context.Background()
+	mc := &v1alpha1.MetricsCluster{ObjectMeta: metav1.ObjectMeta{Namespace: cloud.Namespace, Name: "prod"}}
+	mc.Spec.Gateway.Hostname = "metrics.acme.example.com"
+	if applies, _, _ := gatewayCertificate(ctx, env.Client, mc); applies {
+		t.Error("a gateway certificate of the built-in CA reported as cert-manager's")
+	}
+	mc.Spec.Gateway.TLS = gatewayIssuer(letsEncryptConfig(t, config.CertIssuerLetsEncryptProd))
+	if applies, ready, detail := gatewayCertificate(ctx, env.Client, mc); !applies || ready || !strings.Contains(detail, "Certificate opstrace/prod-gateway-tls: ") {
+		t.Errorf("before the controller made the Certificate: %v %v %q", applies, ready, detail)
+	}
+	withStatus := func(obj *unstructured.Unstructured, status map[string]any) {
+		t.Helper()
+		if err := env.Client.Create(ctx, obj); err != nil {
+			t.Fatal(err)
+		}
+		obj.Object["status"] = status
+		if err := env.Client.Status().Update(ctx, obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	certificate := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+		"metadata": map[string]any{"namespace": cloud.Namespace, "name": "prod-gateway-tls"},
+		"spec": map[string]any{"secretName": "prod-gateway-tls", "dnsNames": []any{"metrics.acme.example.com"},
+			"issuerRef": map[string]any{"name": "opstrace-letsencrypt-prod", "kind": "ClusterIssuer"}}}}
+	withStatus(certificate, map[string]any{"conditions": []any{map[string]any{"type": "Ready", "status": "False", "reason": "DoesNotExist",
+		"message": "Issuing certificate as Secret does not exist", "lastTransitionTime": "2026-01-01T00:00:00Z"}}})
+	challenge := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "acme.cert-manager.io/v1", "kind": "Challenge",
+		"metadata": map[string]any{"namespace": cloud.Namespace, "name": "prod-gateway-tls-1-2-3"},
+		"spec": map[string]any{"dnsName": "metrics.acme.example.com", "type": "DNS-01", "key": "k", "token": "t",
+			"url": "https://acme-v02.api.letsencrypt.org/acme/chall/1", "authorizationURL": "https://acme-v02.api.letsencrypt.org/acme/authz/1",
+			"issuerRef": map[string]any{"name": "opstrace-letsencrypt-prod", "kind": "ClusterIssuer"}, "solver": map[string]any{}}}}
+	withStatus(challenge, map[string]any{"state": "pending", "processing": true, "presented": false,
+		"reason": "Error presenting challenge: AccessDenied: not authorized to perform: route53:ChangeResourceRecordSets"})
+	applies, ready, detail := gatewayCertificate(ctx, env.Client, mc)
+	if want := "Certificate prod-gateway-tls not ready: Issuing certificate as Secret does not exist; ACME challenge prod-gateway-tls-1-2-3 pending: " +
+		"Error presenting challenge: AccessDenied: not authorized to perform: route53:ChangeResourceRecordSets"; !applies || ready || detail != want {
+		t.Errorf("while issuing: %v %v\n got %q\nwant %q", applies, ready, detail, want)
+	}
+	certificate.Object["status"] = map[string]any{"conditions": []any{map[string]any{"type": "Ready", "status": "True", "reason": "Ready",
+		"message": "Certificate is up to date and has not expired", "lastTransitionTime": "2026-01-01T00:01:00Z"}}}
+	if err := env.Client.Status().Update(ctx, certificate); err != nil {
+		t.Fatal(err)
+	}
+	if _, ready, detail := gatewayCertificate(ctx, env.Client, mc); !ready || detail != "Certificate prod-gateway-tls issued by ClusterIssuer opstrace-letsencrypt-prod" {
+		t.Errorf("issued: %v %q", ready, detail)
+	}
 }
 
 func certManagerRelease(t *testing.T, env *testenv.Env) *release.Release {

@@ -410,7 +410,12 @@ func (s *kubeStep) waitReady(ctx context.Context, name string) error {
 				kube = nil
 				return err.Error()
 			}
-			return notReady(&mc)
+			state := notReady(&mc)
+			// A public certificate takes cert-manager a DNS01 challenge: say where it stands.
+			if applies, ready, detail := gatewayCertificate(ctx, kube, &mc); state != "" && applies && !ready {
+				state += "; " + detail
+			}
+			return state
 		}()
 		if state == "" {
 			s.printf("%-24s MetricsCluster %s/%s is Ready after %s\n", kubeStepName, cloud.Namespace, name, time.Since(start).Round(time.Second))
@@ -751,6 +756,9 @@ func kubeStatus(ctx context.Context, out io.Writer, restConfig *rest.Config, nam
 		row("condition/"+c.Type, ok, c.Reason+": "+c.Message)
 	}
 	row("gateway", true, orDash(mc.Status.GatewayEndpoint))
+	if applies, ready, detail := gatewayCertificate(ctx, kube, &mc); applies {
+		row("gateway/certificate", ready, detail)
+	}
 	probe := probeGateway(ctx, kube, &mc)
 	row("gateway/-/ready", probe == "ready", probe)
 	return healthy, nil
