@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/opstrace/opstrace/internal/installer/config"
 )
 
 // OwnerTag is the AWS tag key on every resource of a cluster; its value is the cluster name.
@@ -42,7 +44,9 @@ func ValidateName(name string) error {
 func ResourceName(cluster, role string) string { return "opstrace-" + cluster + "-" + role }
 
 // GatewayHostname is the gateway's DNS name under the domain of the config key dns.
-func GatewayHostname(domain string) string { return "metrics." + strings.TrimSuffix(domain, ".") }
+func GatewayHostname(domain string) string {
+	return config.GatewayPrefix + strings.TrimSuffix(domain, ".")
+}
 
 // cert-manager, which a cloud install runs for a Let's Encrypt cert_issuer: its release's namespace and the
 // service account of its controller, which the cloud identity for DNS01 challenges trusts.

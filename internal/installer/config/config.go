@@ -16,10 +16,18 @@
 //	log_retention_days:             7             1..3650
 //	cert_issuer:                    letsencrypt-prod when dns is set, otherwise self-signed
 //	                                              letsencrypt-prod | letsencrypt-staging | self-signed
-//	                                              (Let's Encrypt needs dns.domain)
+//	                                              (Let's Encrypt needs dns.domain). Let's Encrypt: create
+//	                                              installs cert-manager, whose ACME ClusterIssuer answers
+//	                                              DNS01 challenges in the zone and issues the gateway's
+//	                                              certificate for metrics.DOMAIN; self-signed: the
+//	                                              controller's own CA issues it
 //	dns:                            (absent)      optional; without it the gateway is reached by the
-//	  domain:                                     load balancer's name. domain is required in the section
+//	  domain:                                     load balancer's name. domain is required in the section;
+//	                                              create points metrics.DOMAIN at the gateway's load
+//	                                              balancer (AWS CNAME, GCP A record, each with an ownership
+//	                                              TXT record)
 //	  hosted_zone:                  (looked up by domain) AWS: Route 53 zone ID (Z...); GCP: managed zone name
+//	                                              (in gcp.project); public, containing metrics.DOMAIN
 //	data_api_authorized_ip_ranges:  [0.0.0.0/0]   CIDRs allowed to reach the data API (tokens still required)
 //	controller_image:               opstrace/opstrace-controller:<CLI version>
 //	gateway_image:                  opstrace/opstrace-gateway:<CLI version>
@@ -61,6 +69,9 @@ const (
 	SizeSmall  = "small"
 	SizeMedium = "medium"
 )
+
+// GatewayPrefix is the label before dns.domain of the gateway's DNS name (cloud.GatewayHostname).
+const GatewayPrefix = "metrics."
 
 // Certificate issuers.
 const (

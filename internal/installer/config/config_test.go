@@ -55,6 +55,9 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"gcp section wrong type", ProviderGCP, "gcp: my-project\n", "gcp", "must be a mapping of keys, got the string"},
 		{"dns domain invalid", ProviderAWS, "dns:\n  domain: opstrace_example.com\n", "dns.domain", `invalid domain name "opstrace_example.com"`},
 		{"dns domain single label", ProviderAWS, "dns:\n  domain: localhost\n", "dns.domain", "invalid domain name"},
+		{"dns domain too long for the gateway's name", ProviderAWS, "dns:\n  domain: " + strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." +
+			strings.Repeat("c", 63) + "." + strings.Repeat("d", 54) + "\n", "dns.domain",
+			"would be 254 characters long; allowed: a domain of at most 245 characters: DNS names have at most 253"},
 		{"dns domain missing", ProviderAWS, "dns:\n  hosted_zone: Z123\n", "dns.domain", "is required when the dns section is set"},
 		{"dns hosted zone aws", ProviderAWS, "dns:\n  domain: o.example.com\n  hosted_zone: my-zone\n", "dns.hosted_zone", "a Route 53 hosted zone ID"},
 		{"bad controller image", ProviderAWS, "controller_image: 'Opstrace/Controller:v1'\n", "controller_image", "an image reference"},

@@ -161,6 +161,9 @@ func validateDNS(v *validator, d *DNS, provider string) {
 	} else if !validDomain(d.Domain) {
 		v.add("dns.domain", fmt.Sprintf("invalid domain name %q", d.Domain),
 			"a lowercase domain name of at least two labels, at most 253 characters, like opstrace.example.com")
+	} else if gateway := len(GatewayPrefix) + len(strings.TrimSuffix(d.Domain, ".")); gateway > 253 {
+		v.add("dns.domain", fmt.Sprintf("the gateway's name %s%s would be %d characters long", GatewayPrefix, d.Domain, gateway),
+			fmt.Sprintf("a domain of at most %d characters: DNS names have at most 253", 253-len(GatewayPrefix)))
 	}
 	if d.HostedZone == "" {
 		return
