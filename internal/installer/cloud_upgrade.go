@@ -86,8 +86,10 @@ type upgradePlan struct {
 	// CortexTo is the version the new controller rolls out; "" when this CLI cannot know it (a controller
 	// image of another version without spec.version). CortexWhy says where CortexTo comes from.
 	CortexFrom, CortexTo, CortexWhy string
-	// LokiTo is the Loki version the new controller runs ("" when logs are off), LokiWhy where it comes from.
-	LokiTo, LokiWhy string
+	// LokiFrom is the version every Loki component runs (status.logsVersion; "" before the first rollout or
+	// with logs off). LokiTo is the Loki version the new controller runs ("" when logs are off or unknown),
+	// LokiWhy where it comes from.
+	LokiFrom, LokiTo, LokiWhy string
 	// DegradedBefore is the Degraded condition the old controller reported, "" when none.
 	DegradedBefore string
 }
@@ -112,11 +114,12 @@ func planUpgrade(in installedCluster, embedded *chart.Chart, controllerImage, ga
 		p.ChartFrom = fmt.Sprintf("%s (revision %d)", chartName(in.release.Chart), in.release.Version)
 		p.ChartSame = in.release.Chart != nil && chartDigest(in.release.Chart) == chartDigest(embedded)
 	}
-	if _, _, degraded := rolloutState(&in.cluster, ""); degraded != nil {
+	if _, _, degraded := rolloutState(&in.cluster, "", ""); degraded != nil {
 		p.DegradedBefore = degraded.Error()
 	}
 	spec := in.cluster.Spec
 	p.CortexFrom = in.cluster.Status.Version
+	p.LokiFrom = in.cluster.Status.LogsVersion
 	controller := imageTag(p.ControllerTo)
 	thisCLI := controller == version.Version
 	switch {
@@ -174,7 +177,11 @@ func (p upgradePlan) Describe(what, name, namespace string) string {
 	}
 	row("Cortex", orDash(p.CortexFrom), cortexTo, p.CortexWhy)
 	if p.LokiTo != "" || p.LokiWhy != "" {
-		fmt.Fprintf(&b, "  %-11s %s (%s)\n", "Loki", orDash(p.LokiTo), p.LokiWhy)
+		lokiTo := p.LokiTo
+		if lokiTo == "" {
+			lokiTo = "unknown"
+		}
+		row("Loki", orDash(p.LokiFrom), lokiTo, p.LokiWhy)
 	} else {
 		fmt.Fprintf(&b, "  %-11s off (spec.logs.enabled: false)\n", "Loki")
 	}
@@ -202,6 +209,12 @@ func checkUpgradeSkew(p upgradePlan) error {
 		if err := upgrade.CheckEngineChange(p.CortexFrom, p.CortexTo); err != nil {
 			return fmt.Errorf("upgrade refused: the new controller would roll out Cortex %s (%s) where %s runs: %w",
 				p.CortexTo, p.CortexWhy, p.CortexFrom, err)
+		}
+	}
+	if p.LokiTo != "" {
+		if err := upgrade.Loki.CheckChange(p.LokiFrom, p.LokiTo); err != nil {
+			return fmt.Errorf("upgrade refused: the new controller would roll out Loki %s (%s) where %s runs: %w",
+				p.LokiTo, p.LokiWhy, p.LokiFrom, err)
 		}
 	}
 	return nil
@@ -295,7 +308,7 @@ func runUpgrade(ctx context.Context, t upgradeTarget, opts upgradeOptions, out i
 		return err
 	}
 	w.controllerDone = time.Now()
-	if err := w.cluster(ctx, p.CortexTo); err != nil {
+	if err := w.cluster(ctx, p.CortexTo, p.LokiTo); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "• %s upgraded in %s; verifying\n", t.what, time.Since(start).Round(time.Second))
@@ -405,13 +418,16 @@ func (w *rolloutWait) controller(ctx context.Context) error {
 	})
 }
 
-// cluster waits until the MetricsCluster has rolled out cortex ("" when unknown: until it is Ready and no
-// longer progressing).
-func (w *rolloutWait) cluster(ctx context.Context, cortex string) error {
+// cluster waits until the MetricsCluster has rolled out cortex and loki ("" when unknown or off: until it is
+// Ready and no longer progressing).
+func (w *rolloutWait) cluster(ctx context.Context, cortex, loki string) error {
 	key := client.ObjectKey{Namespace: w.target.namespace, Name: w.target.name}
 	what := "MetricsCluster " + key.String() + " to roll out"
 	if cortex != "" {
 		what += " Cortex " + cortex
+	}
+	if loki != "" {
+		what += " and Loki " + loki
 	}
 	return w.poll(ctx, what, func(kube client.Client) (bool, string, error) {
 		var mc v1alpha1.MetricsCluster
@@ -419,7 +435,7 @@ func (w *rolloutWait) cluster(ctx context.Context, cortex string) error {
 			w.kube = nil
 			return false, err.Error(), nil
 		}
-		done, detail, degraded := w.judge(&mc, cortex, time.Now())
+		done, detail, degraded := w.judge(&mc, cortex, loki, time.Now())
 		if degraded != nil {
 			msg := fmt.Sprintf("%v\nthe controller is upgraded, the cluster is not: fix what the message says, then run %s to wait again and verify",
 				degraded, w.target.again)
@@ -434,18 +450,18 @@ func (w *rolloutWait) cluster(ctx context.Context, cortex string) error {
 
 // judge is rolloutState, except that the Degraded condition the old controller reported is waited on for
 // degradedGrace after the new controller rolled out, instead of ending the wait at once.
-func (w *rolloutWait) judge(mc *v1alpha1.MetricsCluster, cortex string, now time.Time) (done bool, detail string, degraded error) {
-	done, detail, degraded = rolloutState(mc, cortex)
+func (w *rolloutWait) judge(mc *v1alpha1.MetricsCluster, cortex, loki string, now time.Time) (done bool, detail string, degraded error) {
+	done, detail, degraded = rolloutState(mc, cortex, loki)
 	if degraded != nil && degraded.Error() == w.degradedBefore && now.Sub(w.controllerDone) < degradedGrace {
 		return false, "still " + degraded.Error() + " (reported before the upgrade; waiting for the new controller)", nil
 	}
 	return done, detail, degraded
 }
 
-// rolloutState says whether a MetricsCluster has rolled out cortex ("" for any version), and what it is
-// doing: the Progressing condition's message while it rolls out. A Degraded condition is an error: the
-// controller stopped until someone acts. Pure.
-func rolloutState(mc *v1alpha1.MetricsCluster, cortex string) (done bool, detail string, degraded error) {
+// rolloutState says whether a MetricsCluster has rolled out cortex and loki ("" for any version, or logs off),
+// and what it is doing: the Progressing condition's message while it rolls out. A Degraded condition is an
+// error: the controller stopped until someone acts. Pure.
+func rolloutState(mc *v1alpha1.MetricsCluster, cortex, loki string) (done bool, detail string, degraded error) {
 	conditions := mc.Status.Conditions
 	if d := meta.FindStatusCondition(conditions, v1alpha1.ConditionDegraded); d != nil && d.Status == metav1.ConditionTrue {
 		return false, "", fmt.Errorf("MetricsCluster %s/%s is Degraded (%s): %s", mc.Namespace, mc.Name, d.Reason, d.Message)
@@ -468,6 +484,8 @@ func rolloutState(mc *v1alpha1.MetricsCluster, cortex string) (done bool, detail
 		return false, ready.Message, nil
 	case cortex != "" && mc.Status.Version != cortex:
 		return false, fmt.Sprintf("Ready at Cortex %s; waiting for the new controller to roll out %s", orDash(mc.Status.Version), cortex), nil
+	case loki != "" && mc.Status.LogsVersion != loki:
+		return false, fmt.Sprintf("Ready at Loki %s; waiting for the new controller to roll out %s", orDash(mc.Status.LogsVersion), loki), nil
 	}
 	return true, "", nil
 }

@@ -92,6 +92,8 @@ func setStatus(t *testing.T, env *testenv.Env, cortex string, conditions ...meta
 	}
 	mc.Status.ObservedGeneration = mc.Generation
 	mc.Status.Version = cortex
+	// Loki keeps its version through these upgrades: the controller reports the one it runs.
+	mc.Status.LogsVersion = manifests.DefaultLokiVersion
 	mc.Status.Conditions = nil
 	for _, c := range conditions {
 		c.ObservedGeneration = mc.Generation
@@ -209,7 +211,7 @@ func TestUpgradeAndVerifyCloudClusterOnARealAPIServerAndGateway(t *testing.T) {
 			"  gateway     " + testGatewayRepo + ":v0.3.0 → " + testGatewayRepo + ":v0.4.0\n" +
 			"  chart       opstrace 0.1.0 (app dev) (revision 1) → opstrace 0.1.0 (app dev) of this CLI (same chart; CRDs applied again by server-side apply)\n" +
 			"  Cortex      v1.20.1 → " + manifests.DefaultCortexVersion + " (the default of controller v0.4.0)\n" +
-			"  Loki        " + manifests.DefaultLokiVersion + " (the default of controller v0.4.0)\n" +
+			"  Loki        " + manifests.DefaultLokiVersion + " (unchanged) (the default of controller v0.4.0)\n" +
 			"then wait until MetricsCluster opstrace/prod has rolled out, and verify it.\n"
 		if out != want {
 			t.Errorf("dry run printed\n%s\nwant\n%s", out, want)
@@ -254,6 +256,22 @@ func TestUpgradeAndVerifyCloudClusterOnARealAPIServerAndGateway(t *testing.T) {
 			unchanged(t)
 		}
 		setVersion(t, "v0.4.0")
+		// A newer Loki runs than the one the new controller would roll out.
+		setStatus(t, env, "v1.20.1", upToDate()...)
+		var mc v1alpha1.MetricsCluster
+		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: cloud.Namespace, Name: "prod"}, &mc); err != nil {
+			t.Fatal(err)
+		}
+		mc.Status.LogsVersion = "v3.8.0"
+		if err := env.Client.Status().Update(ctx, &mc); err != nil {
+			t.Fatal(err)
+		}
+		want := "upgrade refused: the new controller would roll out Loki " + manifests.DefaultLokiVersion +
+			" (the default of controller v0.4.0) where v3.8.0 runs: Loki " + manifests.DefaultLokiVersion + " is older than the running v3.8.0"
+		if _, err := upgradeWith(t, upgradeOptions{yes: true}); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Loki downgrade: %v\nwant %q", err, want)
+		}
+		unchanged(t)
 		setStatus(t, env, "v1.20.1", upToDate()...)
 		// A bad image is refused before anything is read from the cluster's release.
 		_, err := upgradeWith(t, upgradeOptions{yes: true, gatewayImage: "Registry/UPPER CASE"})
@@ -346,7 +364,7 @@ func TestUpgradeAndVerifyCloudClusterOnARealAPIServerAndGateway(t *testing.T) {
 			"  gateway     " + testGatewayRepo + ":v0.4.0 → " + testGatewayRepo + ":v0.4.1\n",
 			"• CRDs applied; Helm release opstrace upgraded from revision 2 to 3\n",
 			"• waiting for the controller (Deployment opstrace-system/opstrace-controller) to roll out\n",
-			"• waiting for MetricsCluster opstrace/prod to roll out Cortex " + manifests.DefaultCortexVersion + "\n",
+			"• waiting for MetricsCluster opstrace/prod to roll out Cortex " + manifests.DefaultCortexVersion + " and Loki " + manifests.DefaultLokiVersion + "\n",
 			"] done\n",
 			"• AWS cluster prod in us-west-2 upgraded in ",
 			"verified AWS cluster prod in us-west-2 as tenant system: write ",
@@ -424,6 +442,11 @@ func appliedBy(fields []metav1.ManagedFieldsEntry, manager string) bool {
 	return false
 }
 
+func withLoki(mc *v1alpha1.MetricsCluster, running string) *v1alpha1.MetricsCluster {
+	mc.Status.LogsVersion = running
+	return mc
+}
+
 // What the wait reports for each state of the MetricsCluster, and when it is done.
 func TestUpgradeRolloutState(t *testing.T) {
 	mc := func(generation, observed int64, version string, conditions ...metav1.Condition) *v1alpha1.MetricsCluster {
@@ -446,10 +469,16 @@ func TestUpgradeRolloutState(t *testing.T) {
 		{"ready at the old version", mc(1, 1, "v1.20.1", ready), "v1.21.1", false, "Ready at Cortex v1.20.1; waiting for the new controller to roll out v1.21.1", ""},
 		{"rolled out", mc(1, 1, "v1.21.1", ready), "v1.21.1", true, "", ""},
 		{"any version", mc(1, 1, "v1.20.1", ready), "", true, "", ""},
+		{"Loki not rolled out", withLoki(mc(1, 1, "v1.21.1", ready), "v3.6.0"), "v1.21.1", false, "Ready at Loki v3.6.0; waiting for the new controller to roll out v3.7.8", ""},
+		{"Loki rolled out", withLoki(mc(1, 1, "v1.21.1", ready), "v3.7.8"), "v1.21.1", true, "", ""},
 		{"degraded", mc(1, 1, "v1.20.1", metav1.Condition{Type: v1alpha1.ConditionDegraded, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonVersionRefused, Message: "Cortex v1.23.0 is a new major version"}),
 			"v1.21.1", false, "", "MetricsCluster opstrace/prod is Degraded (VersionRefused): Cortex v1.23.0 is a new major version"},
 	} {
-		done, detail, degraded := rolloutState(tc.mc, tc.cortex)
+		loki := ""
+		if tc.mc.Status.LogsVersion != "" {
+			loki = "v3.7.8"
+		}
+		done, detail, degraded := rolloutState(tc.mc, tc.cortex, loki)
 		gotDegraded := ""
 		if degraded != nil {
 			gotDegraded = degraded.Error()
@@ -477,14 +506,14 @@ func TestUpgradeWaitGivesTheNewControllerTimeToClearAnOldDegraded(t *testing.T) 
 	}
 	start := time.Now()
 	w := rolloutWait{degradedBefore: p.DegradedBefore, controllerDone: start}
-	if done, detail, err := w.judge(before, "", start.Add(time.Minute)); done || err != nil ||
+	if done, detail, err := w.judge(before, "", "", start.Add(time.Minute)); done || err != nil ||
 		detail != "still "+want+" (reported before the upgrade; waiting for the new controller)" {
 		t.Errorf("old Degraded within the grace: %v %q %v", done, detail, err)
 	}
-	if _, _, err := w.judge(before, "", start.Add(degradedGrace)); err == nil || err.Error() != want {
+	if _, _, err := w.judge(before, "", "", start.Add(degradedGrace)); err == nil || err.Error() != want {
 		t.Errorf("old Degraded after the grace: %v", err)
 	}
-	if _, _, err := w.judge(mc("another problem"), "", start); err == nil || !strings.Contains(err.Error(), "another problem") {
+	if _, _, err := w.judge(mc("another problem"), "", "", start); err == nil || !strings.Contains(err.Error(), "another problem") {
 		t.Errorf("new Degraded within the grace: %v", err)
 	}
 }
