@@ -60,16 +60,20 @@ func TestLocalLogs(t *testing.T) {
 
 	logql := fmt.Sprintf(`{job="e2e", run=%q}`, run)
 	readBack := time.Now()
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		a, codeA := c.lokiQuery(tokenA, logql, at)
-		b, codeB := c.lokiQuery(tokenB, logql, at)
-		if codeA == 200 && codeB == 200 && fmt.Sprint(a) == fmt.Sprint([]string{lineA}) && fmt.Sprint(b) == fmt.Sprint([]string{lineB}) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("default reads %q (%d), team-b reads %q (%d); want each only its own line", a, codeA, b, codeB)
+	eachReadsOnlyItsOwn := func(within time.Duration, when string) {
+		t.Helper()
+		for deadline := time.Now().Add(within); ; time.Sleep(200 * time.Millisecond) {
+			a, codeA := c.lokiQuery(tokenA, logql, at)
+			b, codeB := c.lokiQuery(tokenB, logql, at)
+			if codeA == 200 && codeB == 200 && fmt.Sprint(a) == fmt.Sprint([]string{lineA}) && fmt.Sprint(b) == fmt.Sprint([]string{lineB}) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s default reads %q (%d), team-b reads %q (%d); want each only its own line", when, a, codeA, b, codeB)
+			}
 		}
 	}
+	eachReadsOnlyItsOwn(30*time.Second, "after the push")
 	t.Logf("push → both tenants read their own line back with LogQL: %s", time.Since(readBack).Round(time.Millisecond))
 
 	// Live tail: connect first, then push; the line arrives over the websocket.
@@ -133,16 +137,7 @@ func TestLocalLogs(t *testing.T) {
 		}
 	}
 	t.Logf("retention change → Loki replaced by the controller and ready: %s", time.Since(restarted).Round(time.Second))
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(500 * time.Millisecond) {
-		a, codeA := c.lokiQuery(tokenA, logql, at)
-		b, codeB := c.lokiQuery(tokenB, logql, at)
-		if codeA == 200 && codeB == 200 && fmt.Sprint(a) == fmt.Sprint([]string{lineA}) && fmt.Sprint(b) == fmt.Sprint([]string{lineB}) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after Loki's restart default reads %q (%d), team-b reads %q (%d); want the lines pushed before", a, codeA, b, codeB)
-		}
-	}
+	eachReadsOnlyItsOwn(time.Minute, "after Loki's restart")
 	t.Log("after Loki's restart both tenants still read the lines pushed before it")
 }
 
