@@ -69,6 +69,12 @@ func (r *MetricsClusterReconciler) reconcileCertificates(ctx context.Context, cl
 				"%s names %s %s, but cert-manager is not installed (no certificates.cert-manager.io CRD); install cert-manager or remove issuerRef to use the built-in CA",
 				leaf.field, leaf.issuer.Kind, leaf.issuer.Name)}
 		}
+		// A Secret the built-in CA wrote (before issuerRef was set) holds that CA's ca.crt, which an ACME
+		// issuer never overwrites: clients would keep trusting only the old CA. cert-manager issues into a
+		// new Secret instead; the running pods keep the mounted certificate until then.
+		if err := r.deleteOwnedSecret(ctx, cluster, leaf.secretName); err != nil {
+			return 0, manifests.ComponentTLS{}, err
+		}
 		certificate := certs.BuildCertificate(cluster.Namespace, leaf.secretName, leaf.secretName, leaf.dnsNames, *leaf.issuer)
 		if _, err := applier.Apply(ctx, cluster, certificate); err != nil {
 			return 0, manifests.ComponentTLS{}, err
@@ -124,18 +130,30 @@ func (r *MetricsClusterReconciler) reconcileCertificates(ctx context.Context, cl
 func (r *MetricsClusterReconciler) deleteOwnedCertificate(ctx context.Context, cluster *v1alpha1.MetricsCluster, name string) error {
 	certificate := &metav1.PartialObjectMetadata{}
 	certificate.SetGroupVersionKind(certificateKind)
-	err := r.Client.Get(ctx, client.ObjectKey{Namespace: cluster.Namespace, Name: name}, certificate)
+	return r.deleteOwned(ctx, cluster, certificate, name, "Certificate, whose issuerRef was removed")
+}
+
+// deleteOwnedSecret deletes the Secret name when this cluster controls it, as the built-in CA's certificates
+// are; one cert-manager wrote is left alone.
+func (r *MetricsClusterReconciler) deleteOwnedSecret(ctx context.Context, cluster *v1alpha1.MetricsCluster, name string) error {
+	return r.deleteOwned(ctx, cluster, &corev1.Secret{}, name, "Secret of the built-in CA, which cert-manager now issues")
+}
+
+// deleteOwned deletes obj (of name, in the cluster's namespace) when this cluster controls it.
+func (r *MetricsClusterReconciler) deleteOwned(ctx context.Context, cluster *v1alpha1.MetricsCluster, obj client.Object, name, what string) error {
+	err := r.Client.Get(ctx, client.ObjectKey{Namespace: cluster.Namespace, Name: name}, obj)
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("get Certificate %s: %w", name, err)
+		return fmt.Errorf("get %s %s: %w", what, name, err)
 	}
-	if !metav1.IsControlledBy(certificate, cluster) {
+	if !metav1.IsControlledBy(obj, cluster) {
 		return nil
 	}
-	if err := r.Client.Delete(ctx, certificate, client.Preconditions{UID: &certificate.UID}); client.IgnoreNotFound(err) != nil {
-		return fmt.Errorf("delete Certificate %s, whose issuerRef was removed: %w", name, err)
+	uid := obj.GetUID()
+	if err := r.Client.Delete(ctx, obj, client.Preconditions{UID: &uid}); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("delete %s %s: %w", what, name, err)
 	}
 	return nil
 }

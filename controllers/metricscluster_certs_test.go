@@ -360,4 +360,29 @@ func TestGatewayIssuerRefIssuesOnlyTheGatewayCertificateForItsHostname(t *testin
 	if err := gateway.VerifyHostname("metrics-gateway." + h.ns + ".svc"); err != nil {
 		t.Errorf("the built-in CA's gateway certificate lacks the in-cluster name: %v", err)
 	}
+
+	// gateway.tls.issuerRef set on a cluster whose gateway Secret the built-in CA wrote: that Secret (and
+	// its ca.crt of the built-in CA, which an ACME issuer never overwrites) is deleted once, for cert-manager
+	// to issue into; the Secret cert-manager writes (no owner) is kept.
+	h.get("metrics", cluster)
+	cluster.Spec.Gateway.TLS = &v1alpha1.GatewayTLSSpec{IssuerRef: letsEncrypt}
+	if err := env.Client.Update(context.Background(), cluster); err != nil {
+		t.Fatal(err)
+	}
+	h.reconcileCluster("metrics")
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: gatewaySecret}, &corev1.Secret{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("the built-in CA's gateway Secret was kept for cert-manager: %v", err)
+	}
+	if _, issuer, found := h.certificateOf(gatewaySecret); !found || issuer != "ClusterIssuer/opstrace-letsencrypt-prod" {
+		t.Fatalf("gateway Certificate after setting the issuer again: %v %s", found, issuer)
+	}
+	issued := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: gatewaySecret, Annotations: map[string]string{"cert-manager.io/issuer-name": "opstrace-letsencrypt-prod"}},
+		Type: corev1.SecretTypeTLS, Data: map[string][]byte{corev1.TLSCertKey: []byte("public chain"), corev1.TLSPrivateKeyKey: []byte("key")}}
+	h.create(issued)
+	h.reconcileCluster("metrics")
+	var kept corev1.Secret
+	h.get(gatewaySecret, &kept)
+	if kept.UID != issued.UID || string(kept.Data[corev1.TLSCertKey]) != "public chain" || len(kept.Data[manifests.TLSCAKey]) != 0 {
+		t.Errorf("the Secret cert-manager wrote was changed or replaced: %v", kept.Data)
+	}
 }
