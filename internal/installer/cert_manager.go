@@ -292,8 +292,8 @@ func (s *certManagerStep) installRelease(ctx context.Context, kubeconfig string,
 	return nil
 }
 
-// certManagerReleaseDiff compares cert-manager's release with CertManagerVersion and values: "" when they
-// match, "not installed", or what differs.
+// certManagerReleaseDiff compares cert-manager's release with CertManagerVersion and, unless nil, values:
+// "" when they match, "not installed", or what differs.
 func certManagerReleaseDiff(restConfig *rest.Config, values map[string]any) (string, error) {
 	var rel *release.Release
 	err := withKubeconfigFile(restConfig, func(kubeconfig string) error {
@@ -325,7 +325,7 @@ func certManagerReleaseDiff(restConfig *rest.Config, values map[string]any) (str
 		}
 		diff = append(diff, "version "+version+", not "+CertManagerVersion)
 	}
-	if contentHash(rel.Config) != contentHash(values) {
+	if values != nil && contentHash(rel.Config) != contentHash(values) {
 		diff = append(diff, "other values (service account identity)")
 	}
 	return strings.Join(diff, ", "), nil

@@ -235,6 +235,19 @@ func testGatewayCertificate(t *testing.T, env *testenv.Env) {
 	if _, ready, detail := gatewayCertificate(ctx, env.Client, mc); !ready || detail != "Certificate prod-gateway-tls issued by ClusterIssuer opstrace-letsencrypt-prod" {
 		t.Errorf("issued: %v %q", ready, detail)
 	}
+
+	// status shows cert-manager's release and the certificate (the MetricsCluster prod of the Let's Encrypt
+	// config is there from the MetricsCluster subtest).
+	var out strings.Builder
+	if _, err := kubeStatus(ctx, &out, env.Config, "prod"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"helm/cert-manager                    true  -",
+		"gateway/certificate                  true  Certificate prod-gateway-tls issued by ClusterIssuer opstrace-letsencrypt-prod"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, out.String())
+		}
+	}
 }
 
 func certManagerRelease(t *testing.T, env *testenv.Env) *release.Release {
@@ -278,8 +291,8 @@ func testLetsEncryptMetricsCluster(t *testing.T, env *testenv.Env) {
 		issuer  string
 		wantTLS *v1alpha1.GatewayTLSSpec
 	}{
-		{config.CertIssuerLetsEncryptProd, &v1alpha1.GatewayTLSSpec{IssuerRef: &v1alpha1.IssuerReference{Name: "opstrace-letsencrypt-prod", Kind: "ClusterIssuer", Group: "cert-manager.io"}}},
 		{config.CertIssuerSelfSigned, nil},
+		{config.CertIssuerLetsEncryptProd, &v1alpha1.GatewayTLSSpec{IssuerRef: &v1alpha1.IssuerReference{Name: "opstrace-letsencrypt-prod", Kind: "ClusterIssuer", Group: "cert-manager.io"}}},
 	} {
 		for _, obj := range BuildCloudObjects(testWorkload(letsEncryptConfig(t, tc.issuer)), cloud.Namespace) {
 			if err := env.Client.Patch(ctx, obj, client.Apply, installerFieldOwner, client.ForceOwnership); err != nil {

@@ -757,6 +757,11 @@ func kubeStatus(ctx context.Context, out io.Writer, restConfig *rest.Config, nam
 	}
 	row("gateway", true, orDash(mc.Status.GatewayEndpoint))
 	if applies, ready, detail := gatewayCertificate(ctx, kube, &mc); applies {
+		if diff, err := certManagerReleaseDiff(restConfig, nil); err != nil {
+			row("helm/"+CertManagerRelease, false, err.Error())
+		} else {
+			row("helm/"+CertManagerRelease, diff == "", orDash(diff))
+		}
 		row("gateway/certificate", ready, detail)
 	}
 	probe := probeGateway(ctx, kube, &mc)

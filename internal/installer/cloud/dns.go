@@ -72,11 +72,16 @@ func (r GatewayRecords) Foreign(cluster string) string {
 	return ""
 }
 
-// NotOwnedRecord is the error for records at the gateway's name that someone else owns (why, from
-// Foreign), with how to fix it.
-func NotOwnedRecord(op, why string) error {
+// Refusal is the error for records at the gateway's name that are not cluster's (nil when they are), with
+// how to fix it: the records a user made by hand for an earlier version of opstrace can be handed over.
+func (r GatewayRecords) Refusal(op, cluster string) error {
+	why := r.Foreign(cluster)
+	if why == "" {
+		return nil
+	}
 	return &plan.Error{Kind: plan.NotOwned, Op: op, Err: errors.New(why),
-		Hint: "opstrace never changes DNS records it did not create: delete that record if it is unused, or choose another dns.domain"}
+		Hint: "opstrace never changes DNS records it did not create: delete that record if it is unused, or choose another dns.domain; " +
+			"to hand it to this cluster instead, add the TXT record " + OwnerRecordName(r.RecordType, r.Hostname) + " " + OwnerRecordValue(cluster)}
 }
 
 // ZoneCheckStep finds the DNS zone of dns.domain and checks that the gateway's name is free or Cluster's.
@@ -101,8 +106,8 @@ func (s *ZoneCheckStep) Observe(ctx context.Context) (plan.Observation, error) {
 	switch {
 	case err != nil && plan.Retryable(err):
 		return plan.Observation{}, err
-	case err == nil && records.Foreign(s.Cluster) != "":
-		err = NotOwnedRecord("use "+records.Hostname, records.Foreign(s.Cluster))
+	case err == nil:
+		err = records.Refusal("use "+records.Hostname, s.Cluster)
 	}
 	return plan.Observation{Exists: zone != "", ID: zone, Detail: zoneCheck{Problem: err}}, nil
 }

@@ -195,7 +195,8 @@ func TestForeignGatewayRecordsAreRefusedAndNeverTouched(t *testing.T) {
 			}
 			rep, err := run(t, w, steps, 8)
 			if plan.Classify(err) != plan.NotOwned || !strings.Contains(err.Error(), tc.want) ||
-				!strings.Contains(err.Error(), "opstrace never changes DNS records it did not create: delete that record if it is unused, or choose another dns.domain") {
+				!strings.Contains(err.Error(), "opstrace never changes DNS records it did not create: delete that record if it is unused, or choose another dns.domain; "+
+					`to hand it to this cluster instead, add the TXT record cname-metrics.acme.example.com "opstrace.io/cluster=prod"`) {
 				t.Fatalf("%s: create over a foreign record: %v", tc.name, err)
 			}
 			// It stops in the first wave: no EKS cluster was started.
@@ -349,5 +350,22 @@ func TestSweepDeletesOnlyThisClustersRecords(t *testing.T) {
 	}
 	if pages := len(inputs[*route53.ListResourceRecordSetsInput](w, "route53:ListResourceRecordSets")); pages < 4 {
 		t.Errorf("%d ListResourceRecordSets calls: the listing did not follow the pages", pages)
+	}
+}
+
+// A record made by hand (as the README of earlier versions said to) is handed to the cluster by adding the
+// ownership TXT the refusal names: create then points it at the load balancer, and destroy deletes it.
+func TestHandedOverRecordIsAdopted(t *testing.T) {
+	w := dnsWorld()
+	w.addRecord(publicZone, gatewayName, r53types.RRTypeCname, "old-lb.elb.eu-west-1.amazonaws.com")
+	w.addRecord(publicZone, "cname-"+gatewayName, r53types.RRTypeTxt, `"opstrace.io/cluster=prod"`)
+	cfg := dnsConfig(t, "")
+	l := &lb{name: "a1b2c3-123.elb.eu-west-1.amazonaws.com"}
+	if _, err := run(t, w, recordSteps(w, cfg, l), 2); err != nil {
+		t.Fatal(err)
+	}
+	if got := changeBatches(w); !slices.Equal(got, []string{publicZone + ": DELETE metrics.acme.example.com. CNAME old-lb.elb.eu-west-1.amazonaws.com ttl=300; " +
+		"CREATE metrics.acme.example.com. CNAME a1b2c3-123.elb.eu-west-1.amazonaws.com ttl=60"}) {
+		t.Errorf("change batches %q", got)
 	}
 }

@@ -237,7 +237,7 @@ func (s *recordStep) Apply(ctx context.Context, c plan.Change) error {
 	case st.ZoneProblem != nil:
 		return st.ZoneProblem
 	case st.Records.foreign(s.cluster, s.hostname()) != "":
-		return cloud.NotOwnedRecord("write "+s.hostname(), st.Records.foreign(s.cluster, s.hostname()))
+		return st.Records.neutral(s.hostname()).Refusal("write "+s.hostname(), s.cluster)
 	}
 	target := st.Target
 	if target == "" {
