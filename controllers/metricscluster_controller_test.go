@@ -19,6 +19,7 @@ import (
 	"github.com/opstrace/opstrace/internal/gateway"
 	"github.com/opstrace/opstrace/internal/manifests"
 	"github.com/opstrace/opstrace/internal/tokens"
+	"github.com/opstrace/opstrace/internal/version"
 )
 
 func singleCluster(name string) *v1alpha1.MetricsCluster {
@@ -97,6 +98,10 @@ func TestMetricsClusterBuildsEveryObjectWithOwnerAndStatus(t *testing.T) {
 	if cluster.Status.GatewayEndpoint != "https://metrics-gateway."+h.ns+".svc" || cluster.Status.Version != "" {
 		t.Errorf("endpoint %q version %q; want the gateway Service URL and no version before anything runs",
 			cluster.Status.GatewayEndpoint, cluster.Status.Version)
+	}
+	// The installer's upgrade waits for the new controller's own status: it must say who wrote it.
+	if cluster.Status.ControllerVersion != version.Version {
+		t.Errorf("status.controllerVersion %q, want this controller's %q", cluster.Status.ControllerVersion, version.Version)
 	}
 }
 

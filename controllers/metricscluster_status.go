@@ -15,6 +15,7 @@ import (
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
 	"github.com/opstrace/opstrace/internal/manifests"
 	"github.com/opstrace/opstrace/internal/upgrade"
+	"github.com/opstrace/opstrace/internal/version"
 )
 
 // clusterFacts are what a reconcile observed; the status functions turn them into conditions.
@@ -130,6 +131,7 @@ func componentConditionType(component string) string {
 func setClusterStatus(cluster *v1alpha1.MetricsCluster, facts clusterFacts) {
 	generation := cluster.Generation
 	cluster.Status.ObservedGeneration = generation
+	cluster.Status.ControllerVersion = version.Version
 	set := func(condition string, ok bool, reason, message string) {
 		status := metav1.ConditionFalse
 		if ok {

@@ -363,6 +363,11 @@ type MetricsClusterStatus struct {
 	// +optional
 	LogsVersion string `json:"logsVersion,omitempty"`
 
+	// ControllerVersion is the release of the controller that wrote this status: after a controller upgrade,
+	// the sign that the new controller has reconciled the cluster.
+	// +optional
+	ControllerVersion string `json:"controllerVersion,omitempty"`
+
 	// GatewayEndpoint is the URL clients send metrics and logs to and query: the URL of a Grafana Prometheus
 	// or Loki data source.
 	// +optional

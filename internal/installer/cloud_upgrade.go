@@ -114,7 +114,7 @@ func planUpgrade(in installedCluster, embedded *chart.Chart, controllerImage, ga
 		p.ChartFrom = fmt.Sprintf("%s (revision %d)", chartName(in.release.Chart), in.release.Version)
 		p.ChartSame = in.release.Chart != nil && chartDigest(in.release.Chart) == chartDigest(embedded)
 	}
-	if _, _, degraded := rolloutState(&in.cluster, "", ""); degraded != nil {
+	if _, _, degraded := rolloutState(&in.cluster, rolloutGoal{}); degraded != nil {
 		p.DegradedBefore = degraded.Error()
 	}
 	spec := in.cluster.Spec
@@ -308,7 +308,7 @@ func runUpgrade(ctx context.Context, t upgradeTarget, opts upgradeOptions, out i
 		return err
 	}
 	w.controllerDone = time.Now()
-	if err := w.cluster(ctx, p.CortexTo, p.LokiTo); err != nil {
+	if err := w.cluster(ctx, p.goal()); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "• %s upgraded in %s; verifying\n", t.what, time.Since(start).Round(time.Second))
@@ -418,16 +418,15 @@ func (w *rolloutWait) controller(ctx context.Context) error {
 	})
 }
 
-// cluster waits until the MetricsCluster has rolled out cortex and loki ("" when unknown or off: until it is
-// Ready and no longer progressing).
-func (w *rolloutWait) cluster(ctx context.Context, cortex, loki string) error {
+// cluster waits until the MetricsCluster has reached goal.
+func (w *rolloutWait) cluster(ctx context.Context, goal rolloutGoal) error {
 	key := client.ObjectKey{Namespace: w.target.namespace, Name: w.target.name}
 	what := "MetricsCluster " + key.String() + " to roll out"
-	if cortex != "" {
-		what += " Cortex " + cortex
+	if goal.cortex != "" {
+		what += " Cortex " + goal.cortex
 	}
-	if loki != "" {
-		what += " and Loki " + loki
+	if goal.loki != "" {
+		what += " and Loki " + goal.loki
 	}
 	return w.poll(ctx, what, func(kube client.Client) (bool, string, error) {
 		var mc v1alpha1.MetricsCluster
@@ -435,7 +434,7 @@ func (w *rolloutWait) cluster(ctx context.Context, cortex, loki string) error {
 			w.kube = nil
 			return false, err.Error(), nil
 		}
-		done, detail, degraded := w.judge(&mc, cortex, loki, time.Now())
+		done, detail, degraded := w.judge(&mc, goal, time.Now())
 		if degraded != nil {
 			msg := fmt.Sprintf("%v\nthe controller is upgraded, the cluster is not: fix what the message says, then run %s to wait again and verify",
 				degraded, w.target.again)
@@ -450,18 +449,37 @@ func (w *rolloutWait) cluster(ctx context.Context, cortex, loki string) error {
 
 // judge is rolloutState, except that the Degraded condition the old controller reported is waited on for
 // degradedGrace after the new controller rolled out, instead of ending the wait at once.
-func (w *rolloutWait) judge(mc *v1alpha1.MetricsCluster, cortex, loki string, now time.Time) (done bool, detail string, degraded error) {
-	done, detail, degraded = rolloutState(mc, cortex, loki)
+func (w *rolloutWait) judge(mc *v1alpha1.MetricsCluster, goal rolloutGoal, now time.Time) (done bool, detail string, degraded error) {
+	done, detail, degraded = rolloutState(mc, goal)
 	if degraded != nil && degraded.Error() == w.degradedBefore && now.Sub(w.controllerDone) < degradedGrace {
 		return false, "still " + degraded.Error() + " (reported before the upgrade; waiting for the new controller)", nil
 	}
 	return done, detail, degraded
 }
 
-// rolloutState says whether a MetricsCluster has rolled out cortex and loki ("" for any version, or logs off),
-// and what it is doing: the Progressing condition's message while it rolls out. A Degraded condition is an
-// error: the controller stopped until someone acts. Pure.
-func rolloutState(mc *v1alpha1.MetricsCluster, cortex, loki string) (done bool, detail string, degraded error) {
+// rolloutGoal is what an upgraded cluster reports once it has rolled out; "" is anything.
+type rolloutGoal struct {
+	// controller is the release of the controller that must have written the status: without it, a Ready
+	// status the old controller wrote would end the wait before the new one reconciled.
+	controller string
+	// cortex and loki are the versions status.version and status.logsVersion must show.
+	cortex, loki string
+}
+
+// goal is what the cluster reports once the plan is rolled out. The new controller's release is known only
+// when it is this CLI's.
+func (p upgradePlan) goal() rolloutGoal {
+	goal := rolloutGoal{cortex: p.CortexTo, loki: p.LokiTo}
+	if imageTag(p.ControllerTo) == version.Version {
+		goal.controller = version.Version
+	}
+	return goal
+}
+
+// rolloutState says whether a MetricsCluster has reached goal, and what it is doing: the Progressing
+// condition's message while it rolls out. A Degraded condition is an error: the controller stopped until
+// someone acts. Pure.
+func rolloutState(mc *v1alpha1.MetricsCluster, goal rolloutGoal) (done bool, detail string, degraded error) {
 	conditions := mc.Status.Conditions
 	if d := meta.FindStatusCondition(conditions, v1alpha1.ConditionDegraded); d != nil && d.Status == metav1.ConditionTrue {
 		return false, "", fmt.Errorf("MetricsCluster %s/%s is Degraded (%s): %s", mc.Namespace, mc.Name, d.Reason, d.Message)
@@ -476,16 +494,19 @@ func rolloutState(mc *v1alpha1.MetricsCluster, cortex, loki string) (done bool, 
 	ready := meta.FindStatusCondition(conditions, v1alpha1.ConditionReady)
 	progressing := meta.FindStatusCondition(conditions, v1alpha1.ConditionProgressing)
 	switch {
+	case goal.controller != "" && mc.Status.ControllerVersion != goal.controller:
+		return false, fmt.Sprintf("the status is controller %s's; waiting for controller %s to reconcile the cluster",
+			orDash(mc.Status.ControllerVersion), goal.controller), nil
 	case progressing != nil && progressing.Status == metav1.ConditionTrue:
 		return false, progressing.Message, nil
 	case ready == nil:
 		return false, "no Ready condition yet", nil
 	case ready.Status != metav1.ConditionTrue:
 		return false, ready.Message, nil
-	case cortex != "" && mc.Status.Version != cortex:
-		return false, fmt.Sprintf("Ready at Cortex %s; waiting for the new controller to roll out %s", orDash(mc.Status.Version), cortex), nil
-	case loki != "" && mc.Status.LogsVersion != loki:
-		return false, fmt.Sprintf("Ready at Loki %s; waiting for the new controller to roll out %s", orDash(mc.Status.LogsVersion), loki), nil
+	case goal.cortex != "" && mc.Status.Version != goal.cortex:
+		return false, fmt.Sprintf("Ready at Cortex %s; waiting for the new controller to roll out %s", orDash(mc.Status.Version), goal.cortex), nil
+	case goal.loki != "" && mc.Status.LogsVersion != goal.loki:
+		return false, fmt.Sprintf("Ready at Loki %s; waiting for the new controller to roll out %s", orDash(mc.Status.LogsVersion), goal.loki), nil
 	}
 	return true, "", nil
 }

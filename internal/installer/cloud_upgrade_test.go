@@ -94,6 +94,7 @@ func setStatus(t *testing.T, env *testenv.Env, cortex string, conditions ...meta
 	mc.Status.Version = cortex
 	// Loki keeps its version through these upgrades: the controller reports the one it runs.
 	mc.Status.LogsVersion = manifests.DefaultLokiVersion
+	mc.Status.ControllerVersion = version.Version
 	mc.Status.Conditions = nil
 	for _, c := range conditions {
 		c.ObservedGeneration = mc.Generation
@@ -442,43 +443,40 @@ func appliedBy(fields []metav1.ManagedFieldsEntry, manager string) bool {
 	return false
 }
 
-func withLoki(mc *v1alpha1.MetricsCluster, running string) *v1alpha1.MetricsCluster {
-	mc.Status.LogsVersion = running
-	return mc
-}
-
 // What the wait reports for each state of the MetricsCluster, and when it is done.
 func TestUpgradeRolloutState(t *testing.T) {
-	mc := func(generation, observed int64, version string, conditions ...metav1.Condition) *v1alpha1.MetricsCluster {
-		return &v1alpha1.MetricsCluster{ObjectMeta: metav1.ObjectMeta{Namespace: "opstrace", Name: "prod", Generation: generation},
-			Status: v1alpha1.MetricsClusterStatus{ObservedGeneration: observed, Version: version, Conditions: conditions}}
+	type status = v1alpha1.MetricsClusterStatus
+	mc := func(generation int64, s status, conditions ...metav1.Condition) *v1alpha1.MetricsCluster {
+		s.Conditions = conditions
+		return &v1alpha1.MetricsCluster{ObjectMeta: metav1.ObjectMeta{Namespace: "opstrace", Name: "prod", Generation: generation}, Status: s}
 	}
 	ready := condition(v1alpha1.ConditionReady, true, "every component is ready")
+	cortex := rolloutGoal{cortex: "v1.21.1"}
+	all := rolloutGoal{controller: "v0.4.0", cortex: "v1.21.1", loki: "v3.7.8"}
 	for _, tc := range []struct {
 		name     string
 		mc       *v1alpha1.MetricsCluster
-		cortex   string
+		goal     rolloutGoal
 		done     bool
 		detail   string
 		degraded string
 	}{
-		{"no status", mc(1, 0, ""), "v1.21.1", false, "the controller has not reported a status yet", ""},
-		{"older spec", mc(3, 2, "v1.21.1", ready), "v1.21.1", false, "the controller has not reported on the latest spec yet (generation 3, status of 2)", ""},
-		{"progressing", mc(1, 1, "v1.20.1", ready, progressing("ingesters 2/3 at v1.21.1")), "v1.21.1", false, "ingesters 2/3 at v1.21.1", ""},
-		{"not ready", mc(1, 1, "v1.21.1", condition(v1alpha1.ConditionReady, false, "waiting for querier (1/2 replicas ready)")), "v1.21.1", false, "waiting for querier (1/2 replicas ready)", ""},
-		{"ready at the old version", mc(1, 1, "v1.20.1", ready), "v1.21.1", false, "Ready at Cortex v1.20.1; waiting for the new controller to roll out v1.21.1", ""},
-		{"rolled out", mc(1, 1, "v1.21.1", ready), "v1.21.1", true, "", ""},
-		{"any version", mc(1, 1, "v1.20.1", ready), "", true, "", ""},
-		{"Loki not rolled out", withLoki(mc(1, 1, "v1.21.1", ready), "v3.6.0"), "v1.21.1", false, "Ready at Loki v3.6.0; waiting for the new controller to roll out v3.7.8", ""},
-		{"Loki rolled out", withLoki(mc(1, 1, "v1.21.1", ready), "v3.7.8"), "v1.21.1", true, "", ""},
-		{"degraded", mc(1, 1, "v1.20.1", metav1.Condition{Type: v1alpha1.ConditionDegraded, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonVersionRefused, Message: "Cortex v1.23.0 is a new major version"}),
-			"v1.21.1", false, "", "MetricsCluster opstrace/prod is Degraded (VersionRefused): Cortex v1.23.0 is a new major version"},
+		{"no status", mc(1, status{}), cortex, false, "the controller has not reported a status yet", ""},
+		{"older spec", mc(3, status{ObservedGeneration: 2, Version: "v1.21.1"}, ready), cortex, false, "the controller has not reported on the latest spec yet (generation 3, status of 2)", ""},
+		{"progressing", mc(1, status{ObservedGeneration: 1, Version: "v1.20.1"}, ready, progressing("ingesters 2/3 at v1.21.1")), cortex, false, "ingesters 2/3 at v1.21.1", ""},
+		{"not ready", mc(1, status{ObservedGeneration: 1, Version: "v1.21.1"}, condition(v1alpha1.ConditionReady, false, "waiting for querier (1/2 replicas ready)")), cortex, false, "waiting for querier (1/2 replicas ready)", ""},
+		{"ready at the old version", mc(1, status{ObservedGeneration: 1, Version: "v1.20.1"}, ready), cortex, false, "Ready at Cortex v1.20.1; waiting for the new controller to roll out v1.21.1", ""},
+		{"rolled out", mc(1, status{ObservedGeneration: 1, Version: "v1.21.1"}, ready), cortex, true, "", ""},
+		{"any version", mc(1, status{ObservedGeneration: 1, Version: "v1.20.1"}, ready), rolloutGoal{}, true, "", ""},
+		{"status of the old controller", mc(1, status{ObservedGeneration: 1, ControllerVersion: "v0.3.0", Version: "v1.21.1", LogsVersion: "v3.7.8"}, ready), all, false,
+			"the status is controller v0.3.0's; waiting for controller v0.4.0 to reconcile the cluster", ""},
+		{"Loki not rolled out", mc(1, status{ObservedGeneration: 1, ControllerVersion: "v0.4.0", Version: "v1.21.1", LogsVersion: "v3.6.0"}, ready), all, false,
+			"Ready at Loki v3.6.0; waiting for the new controller to roll out v3.7.8", ""},
+		{"all rolled out", mc(1, status{ObservedGeneration: 1, ControllerVersion: "v0.4.0", Version: "v1.21.1", LogsVersion: "v3.7.8"}, ready), all, true, "", ""},
+		{"degraded", mc(1, status{ObservedGeneration: 1, Version: "v1.20.1"}, metav1.Condition{Type: v1alpha1.ConditionDegraded, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonVersionRefused, Message: "Cortex v1.23.0 is a new major version"}),
+			cortex, false, "", "MetricsCluster opstrace/prod is Degraded (VersionRefused): Cortex v1.23.0 is a new major version"},
 	} {
-		loki := ""
-		if tc.mc.Status.LogsVersion != "" {
-			loki = "v3.7.8"
-		}
-		done, detail, degraded := rolloutState(tc.mc, tc.cortex, loki)
+		done, detail, degraded := rolloutState(tc.mc, tc.goal)
 		gotDegraded := ""
 		if degraded != nil {
 			gotDegraded = degraded.Error()
@@ -506,14 +504,14 @@ func TestUpgradeWaitGivesTheNewControllerTimeToClearAnOldDegraded(t *testing.T) 
 	}
 	start := time.Now()
 	w := rolloutWait{degradedBefore: p.DegradedBefore, controllerDone: start}
-	if done, detail, err := w.judge(before, "", "", start.Add(time.Minute)); done || err != nil ||
+	if done, detail, err := w.judge(before, rolloutGoal{}, start.Add(time.Minute)); done || err != nil ||
 		detail != "still "+want+" (reported before the upgrade; waiting for the new controller)" {
 		t.Errorf("old Degraded within the grace: %v %q %v", done, detail, err)
 	}
-	if _, _, err := w.judge(before, "", "", start.Add(degradedGrace)); err == nil || err.Error() != want {
+	if _, _, err := w.judge(before, rolloutGoal{}, start.Add(degradedGrace)); err == nil || err.Error() != want {
 		t.Errorf("old Degraded after the grace: %v", err)
 	}
-	if _, _, err := w.judge(mc("another problem"), "", "", start); err == nil || !strings.Contains(err.Error(), "another problem") {
+	if _, _, err := w.judge(mc("another problem"), rolloutGoal{}, start); err == nil || !strings.Contains(err.Error(), "another problem") {
 		t.Errorf("new Degraded within the grace: %v", err)
 	}
 }
