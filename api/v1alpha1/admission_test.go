@@ -337,6 +337,13 @@ func TestInvalidObjectsAreRejectedWithTheFieldAndTheFix(t *testing.T) {
 			field: "spec.gateway.allowedSourceRanges", want: "must be CIDRs such as 203.0.113.0/24",
 		},
 		{
+			name: "gateway issuer without a hostname",
+			object: cluster(func(mc *v1alpha1.MetricsCluster) {
+				mc.Spec.Gateway = v1alpha1.GatewaySpec{TLS: &v1alpha1.GatewayTLSSpec{IssuerRef: &v1alpha1.IssuerReference{Name: "letsencrypt-prod", Kind: "ClusterIssuer"}}}
+			}),
+			field: "spec.gateway.tls.issuerRef", want: "issues the gateway's certificate for gateway.hostname only",
+		},
+		{
 			name: "source ranges on a ClusterIP gateway",
 			object: cluster(func(mc *v1alpha1.MetricsCluster) {
 				mc.Spec.Gateway = v1alpha1.GatewaySpec{AllowedSourceRanges: []string{"10.0.0.0/8"}}

@@ -321,7 +321,7 @@ type IssuerReference struct {
 // GatewaySpec exposes the gateway, the cluster's one HTTPS endpoint for every tenant.
 //
 // +kubebuilder:validation:XValidation:rule="!has(self.allowedSourceRanges) || self.serviceType == 'LoadBalancer'",message="gateway.allowedSourceRanges applies only to gateway.serviceType LoadBalancer",fieldPath=".allowedSourceRanges"
-// +kubebuilder:validation:XValidation:rule="!has(self.tls) || !has(self.tls.issuerRef) || (has(self.hostname) && self.hostname != '')",message="gateway.tls.issuerRef issues the gateway's certificate for gateway.hostname only: set gateway.hostname to the name clients use, such as metrics.example.com, or remove gateway.tls.issuerRef",fieldPath=".tls.issuerRef"
+// +kubebuilder:validation:XValidation:rule="!has(self.tls) || !has(self.tls.issuerRef) || (has(self.hostname) && size(self.hostname) > 0)",message="gateway.tls.issuerRef issues the gateway's certificate for gateway.hostname only: set gateway.hostname to the name clients use, such as metrics.example.com, or remove gateway.tls.issuerRef",fieldPath=".tls.issuerRef"
 type GatewaySpec struct {
 	// ServiceType of the gateway's Service: ClusterIP, NodePort or LoadBalancer.
 	// +kubebuilder:validation:Enum=ClusterIP;NodePort;LoadBalancer
