@@ -21,6 +21,7 @@ import (
 	"helm.sh/helm/v3/pkg/registry"
 	"helm.sh/helm/v3/pkg/release"
 	"helm.sh/helm/v3/pkg/storage/driver"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -155,6 +156,8 @@ type certManagerStep struct {
 type certManagerState struct {
 	// Absent says why there is no cluster (or no identity) to install into yet.
 	Absent string
+	// Unreachable is why the API server could not be used ("" when it could).
+	Unreachable string
 	// Release is "" when the Helm release is as desired, else what differs.
 	Release string
 	// Issuer is false while the ClusterIssuer is missing or differs.
@@ -179,12 +182,20 @@ func (s *certManagerStep) Observe(ctx context.Context) (plan.Observation, error)
 	if err != nil {
 		return plan.Observation{}, err
 	}
-	var st certManagerState
-	if st.Release, err = certManagerReleaseDiff(restConfig, certManagerValues(setup)); err != nil {
-		return plan.Observation{}, err
-	}
 	kube, err := newKubeClient(restConfig)
 	if err != nil {
+		return plan.Observation{}, err
+	}
+	// One cheap call first: an API server that does not answer (or refuses the credentials) is a state
+	// to report, not an error, so that destroy goes on without it.
+	if err := kube.Get(ctx, client.ObjectKey{Name: cloud.CertManagerNamespace}, &corev1.Namespace{}); err != nil && !apierrors.IsNotFound(err) {
+		if isUnreachable(err) || apierrors.IsForbidden(err) {
+			return plan.Observation{Exists: true, Detail: certManagerState{Unreachable: err.Error()}}, nil
+		}
+		return plan.Observation{}, fmt.Errorf("read namespace %s: %w", cloud.CertManagerNamespace, err)
+	}
+	var st certManagerState
+	if st.Release, err = certManagerReleaseDiff(restConfig, certManagerValues(setup)); err != nil {
 		return plan.Observation{}, err
 	}
 	desired := BuildClusterIssuer(s.cfg, setup.Solver)
@@ -205,6 +216,8 @@ func (s *certManagerStep) Plan(obs plan.Observation) plan.Change {
 	switch {
 	case st.Absent != "" || st.Release == "not installed":
 		return plan.Change{Action: plan.Create, Diff: []string{release, issuer}, Desired: st}
+	case st.Unreachable != "":
+		return plan.Change{Action: plan.Update, Diff: []string{"the API server could not be used (" + st.Unreachable + "); apply all of:", release, issuer}, Desired: st}
 	case st.Release != "":
 		return plan.Change{Action: plan.Update, Diff: []string{release + ": " + st.Release, issuer}, Desired: st}
 	case !st.Issuer:
@@ -226,7 +239,7 @@ func (s *certManagerStep) Apply(ctx context.Context, c plan.Change) error {
 	if err != nil {
 		return err
 	}
-	if st.Release != "" || st.Absent != "" {
+	if st.Release != "" || st.Absent != "" || st.Unreachable != "" {
 		ch, err := s.charts.Load(CertManagerVersion)
 		if err != nil {
 			return plan.Errorf(plan.Other, "load the cert-manager chart", err)

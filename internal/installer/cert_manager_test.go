@@ -9,12 +9,14 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"helm.sh/helm/v3/pkg/action"
 	"helm.sh/helm/v3/pkg/chart"
@@ -171,13 +173,32 @@ func TestCertManagerStepOnARealAPIServer(t *testing.T) {
 		t.Errorf("progress:\n%s", out.String())
 	}
 
-	// destroy leaves cert-manager to the cluster's deletion.
+	// destroy leaves cert-manager to the cluster's deletion, also when the API server does not answer.
 	rev, err := plan.Reverse([]plan.Step{step})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c := previewOne(t, rev[0]); c.Action != plan.NoOp {
 		t.Errorf("destroy plan: %s %q", c.Action, c.Diff)
+	}
+	listener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := listener.Addr().String()
+	listener.Close()
+	gone := *step
+	gone.connect = func(context.Context) (*rest.Config, error) {
+		return &rest.Config{Host: "https://" + closed, Timeout: 2 * time.Second}, nil
+	}
+	if c := previewOne(t, &gone); c.Action != plan.Update || !strings.HasPrefix(c.Diff[0], "the API server could not be used (") {
+		t.Errorf("create plan with an unreachable API server: %s %q", c.Action, c.Diff)
+	}
+	if rev, err = plan.Reverse([]plan.Step{&gone}); err != nil {
+		t.Fatal(err)
+	}
+	if c := previewOne(t, rev[0]); c.Action != plan.NoOp {
+		t.Errorf("destroy plan with an unreachable API server: %s %q", c.Action, c.Diff)
 	}
 
 	t.Run("MetricsCluster", func(t *testing.T) { testLetsEncryptMetricsCluster(t, env) })

@@ -369,3 +369,29 @@ func TestHandedOverRecordIsAdopted(t *testing.T) {
 		t.Errorf("change batches %q", got)
 	}
 }
+
+// Credentials that may not read Route 53 do not stop destroy: the record step says what may remain.
+func TestDestroyWithoutRoute53AccessSaysWhatMayRemain(t *testing.T) {
+	w := dnsWorld()
+	cfg := dnsConfig(t, "")
+	denied := apiErr("AccessDenied")
+	w.inject["route53:ListHostedZonesByName"] = []error{denied, denied, denied, denied}
+	rev, err := plan.Reverse(recordSteps(w, cfg, &lb{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := plan.Preview(context.Background(), rev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range p {
+		if s.Change.Action != plan.NoOp {
+			t.Errorf("%s: %s %q", s.Name, s.Change.Action, s.Change.Diff)
+		}
+		if s.Name == "aws/dns-record" && (len(s.Change.Diff) != 1 || !strings.HasPrefix(s.Change.Diff[0], "SKIPPED: the records of metrics.acme.example.com could not be looked up (") ||
+			!strings.Contains(s.Change.Diff[0], "missing permission route53:ListHostedZonesByName") ||
+			!strings.HasSuffix(s.Change.Diff[0], "delete them and the TXT record cname-metrics.acme.example.com in Route 53")) {
+			t.Errorf("destroy plan of the record: %q", s.Change.Diff)
+		}
+	}
+}

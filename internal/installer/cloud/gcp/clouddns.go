@@ -258,6 +258,11 @@ func (s *recordStep) Apply(ctx context.Context, c plan.Change) error {
 
 func (s *recordStep) PlanDestroy(obs plan.Observation) plan.Change {
 	st := obs.Detail.(recordState)
+	if st.ZoneProblem != nil {
+		return plan.Change{Action: plan.NoOp, Diff: []string{"SKIPPED: the records of " + s.hostname() + " could not be looked up (" +
+			st.ZoneProblem.Error() + "); if this cluster made them, they remain: delete them and the TXT record " +
+			cloud.OwnerRecordName("A", s.hostname()) + " in Cloud DNS"}}
+	}
 	if !obs.Exists {
 		return plan.NoChange()
 	}
