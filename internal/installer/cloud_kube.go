@@ -330,8 +330,9 @@ func (s *kubeStep) PlanDestroy(obs plan.Observation) plan.Change {
 // skippedDrain says what destroy could not do for an unreachable cluster, and what it means.
 func skippedDrain(why string) string {
 	return "the Kubernetes API could not be used (" + why + "): MetricsClusters and LoadBalancer Services were not deleted; " +
-		"load balancers and security groups the cluster made may remain and keep the network from being deleted — " +
-		"delete them in the cloud console (they name the cluster in their tags) and run destroy again"
+		"load balancers and security groups the cluster made may remain and keep the network from being deleted " +
+		"(on AWS, aws/load-balancers deletes the classic ones in the cluster's VPC) — " +
+		"delete the others in the cloud console (they name the cluster in their tags) and run destroy again"
 }
 
 func (s *kubeStep) Apply(ctx context.Context, c plan.Change) error {

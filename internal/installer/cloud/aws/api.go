@@ -16,6 +16,7 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/eks"
+	elb "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancing"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/route53"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -72,6 +73,10 @@ type EC2API interface {
 	AssociateRouteTable(context.Context, *ec2.AssociateRouteTableInput, ...func(*ec2.Options)) (*ec2.AssociateRouteTableOutput, error)
 	DisassociateRouteTable(context.Context, *ec2.DisassociateRouteTableInput, ...func(*ec2.Options)) (*ec2.DisassociateRouteTableOutput, error)
 	DeleteRouteTable(context.Context, *ec2.DeleteRouteTableInput, ...func(*ec2.Options)) (*ec2.DeleteRouteTableOutput, error)
+
+	// The security groups Kubernetes made for its load balancers (loadbalancers.go).
+	DescribeSecurityGroups(context.Context, *ec2.DescribeSecurityGroupsInput, ...func(*ec2.Options)) (*ec2.DescribeSecurityGroupsOutput, error)
+	DeleteSecurityGroup(context.Context, *ec2.DeleteSecurityGroupInput, ...func(*ec2.Options)) (*ec2.DeleteSecurityGroupOutput, error)
 }
 
 // IAMAPI is the part of *iam.Client the role steps use.
@@ -127,6 +132,8 @@ type Clients struct {
 	EKS    EKSAPI
 	// Route53 holds the gateway's DNS name (config key dns); Route 53 is global, not of the region.
 	Route53 Route53API
+	// ELB finds and deletes the classic load balancers Kubernetes left (loadbalancers.go).
+	ELB ELBAPI
 	// STS presigns the GetCallerIdentity request that is the EKS API server's bearer token (EKSToken).
 	STS STSPresignAPI
 	// PollInterval is how often a step polls a resource that is becoming ready or going away (EKS,
@@ -155,6 +162,7 @@ func NewClients(ctx context.Context, region string) (*Clients, aws.Config, error
 		IAM:     iam.NewFromConfig(cfg),
 		EKS:     eks.NewFromConfig(cfg),
 		Route53: route53.NewFromConfig(cfg),
+		ELB:     elb.NewFromConfig(cfg),
 		STS:     sts.NewPresignClient(sts.NewFromConfig(cfg)),
 	}, cfg, nil
 }

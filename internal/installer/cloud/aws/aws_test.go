@@ -17,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/eks"
+	elb "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancing"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	iamtypes "github.com/aws/aws-sdk-go-v2/service/iam/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -86,8 +87,12 @@ func TestInstallMakesTheExactRequestsAndRerunChangesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, s := range rep.Steps {
-			if s.State != plan.Done || s.Action != plan.Create {
-				t.Errorf("%s: %s %s, want done create", s.Name, s.State, s.Action)
+			want := plan.Create
+			if s.Name == "aws/load-balancers" {
+				want = plan.NoOp // it deletes what Kubernetes left, on destroy only
+			}
+			if s.State != plan.Done || s.Action != want {
+				t.Errorf("%s: %s %s, want done %s", s.Name, s.State, s.Action, want)
 			}
 		}
 
@@ -462,6 +467,90 @@ func TestEBSCSIAddonWithItsOwnRole(t *testing.T) {
 		ops := w.ops("eks:Create")
 		if i, j := slices.Index(ops, "eks:CreateNodegroup"), slices.Index(ops, "eks:CreateAddon"); i < 0 || j < i {
 			t.Errorf("create order %v", ops)
+		}
+	})
+}
+
+// destroy of a cluster whose Kubernetes API cannot be reached (so nothing deleted its LoadBalancer
+// Services): the classic load balancer and security group Kubernetes made in the cluster's VPC are deleted
+// after the EKS cluster and before the subnets, and the network goes. A load balancer in another VPC, even
+// with the same Kubernetes tag, and one in the cluster's VPC without it, are never touched.
+func TestDestroyDeletesTheLoadBalancersKubernetesLeft(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := slowWorld()
+		if _, err := install(t, w, 8); err != nil {
+			t.Fatal(err)
+		}
+		var vpc string
+		for id, v := range w.vpcs {
+			if tagValue(v.tags, cloud.OwnerTag) == testCluster {
+				vpc = id
+			}
+		}
+		w.addKubernetesLoadBalancer("a1b2c3", vpc, testCluster, true)
+		ourGroup := w.lbs["a1b2c3"].groups[0]
+		w.vpcs["vpc-other"] = &fvpc{tags: specTags(ec2Tags("vpc", "staging", "other"))}
+		w.addKubernetesLoadBalancer("theirs", "vpc-other", testCluster, true)
+
+		found, err := Find(context.Background(), w.clients(), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var kinds []string
+		for _, r := range found[testCluster] {
+			if r.Kind == "elb:load-balancer" || r.Kind == "ec2:security-group" {
+				kinds = append(kinds, r.String())
+			}
+		}
+		if want := []string{"elb:load-balancer a1b2c3", "ec2:security-group " + ourGroup}; !slices.Equal(kinds, want) {
+			t.Errorf("list: %q, want %q", kinds, want)
+		}
+
+		rev, err := plan.Reverse(Steps(w.clients(), testCluster, testConfig(t)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := plan.Preview(context.Background(), rev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range p {
+			if s.Name == "aws/load-balancers" && (s.Change.Action != plan.Delete || !slices.Equal(s.Change.Diff, []string{
+				"delete classic load balancer a1b2c3 (made by Kubernetes for a LoadBalancer Service)",
+				"delete security group " + ourGroup + " (made by Kubernetes for a load balancer)"})) {
+				t.Errorf("destroy plan: %s %q", s.Change.Action, s.Change.Diff)
+			}
+		}
+		if _, err := run(t, w, rev, 8); err != nil {
+			t.Fatal(err)
+		}
+		if got := inputs[*elb.DeleteLoadBalancerInput](w, "elb:DeleteLoadBalancer"); len(got) != 1 || aws.ToString(got[0].LoadBalancerName) != "a1b2c3" {
+			t.Errorf("DeleteLoadBalancer requests %v", got)
+		}
+		if got := inputs[*ec2.DeleteSecurityGroupInput](w, "ec2:DeleteSecurityGroup"); len(got) != 1 || aws.ToString(got[0].GroupId) != ourGroup {
+			t.Errorf("DeleteSecurityGroup requests %v", got)
+		}
+		ops := w.ops("")
+		deleteLB, deleteCluster, deleteSubnet := slices.Index(ops, "elb:DeleteLoadBalancer"), slices.Index(ops, "eks:DeleteCluster"), slices.Index(ops, "ec2:DeleteSubnet")
+		if deleteCluster < 0 || deleteLB < deleteCluster || deleteSubnet < deleteLB {
+			t.Errorf("order: DeleteCluster %d, DeleteLoadBalancer %d, DeleteSubnet %d", deleteCluster, deleteLB, deleteSubnet)
+		}
+		for _, r := range w.inventory() {
+			if !strings.Contains(r, "theirs") && !strings.Contains(r, "k8s-elb-theirs") && !strings.HasPrefix(r, "vpc other") {
+				t.Errorf("left after destroy: %s", r)
+			}
+		}
+		if w.lbs["theirs"] == nil {
+			t.Error("the load balancer of another VPC was deleted")
+		}
+
+		// A load balancer in the cluster's VPC without Kubernetes' tag for the cluster is someone else's.
+		w2 := newWorld("eu-west-1")
+		w2.vpcs["vpc-ours"] = &fvpc{tags: specTags(ec2Tags("vpc", testCluster, "opstrace-prod-vpc"))}
+		w2.addKubernetesLoadBalancer("manual", "vpc-ours", testCluster, false)
+		w2.addKubernetesLoadBalancer("other-cluster", "vpc-ours", "staging", true)
+		if found, err := findKubernetesLeftovers(context.Background(), w2.clients(), testCluster); err != nil || len(found) != 0 {
+			t.Errorf("untagged or otherwise tagged load balancers found as the cluster's: %+v %v", found[testCluster], err)
 		}
 	})
 }

@@ -29,8 +29,13 @@ type eksState struct {
 	Subnets []string
 }
 
-func (s *clusterStep) Name() string        { return "aws/eks-cluster" }
-func (s *clusterStep) DependsOn() []string { return []string{"aws/subnets", "aws/cluster-role"} }
+func (s *clusterStep) Name() string { return "aws/eks-cluster" }
+
+// DependsOn: aws/load-balancers makes nothing on create; the edge makes destroy delete the load balancers
+// Kubernetes left after the EKS cluster, which would make them again.
+func (s *clusterStep) DependsOn() []string {
+	return []string{"aws/subnets", "aws/cluster-role", "aws/load-balancers"}
+}
 
 func (s *clusterStep) Observe(ctx context.Context) (plan.Observation, error) {
 	var st eksState

@@ -46,7 +46,7 @@ func kindOf(err error) plan.Kind {
 		case "AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnauthorizedAccess",
 			"AuthorizationError", "Forbidden":
 			return plan.PermissionDenied
-		case "NoSuchBucket", "NoSuchEntity", "NotFound", "ResourceNotFoundException", "NoSuchTagSet", "NoSuchHostedZone", "NoSuchChange",
+		case "NoSuchBucket", "NoSuchEntity", "NotFound", "ResourceNotFoundException", "NoSuchTagSet", "NoSuchHostedZone", "NoSuchChange", "LoadBalancerNotFound",
 			"NoSuchLifecycleConfiguration", "ServerSideEncryptionConfigurationNotFoundError",
 			"NoSuchPublicAccessBlockConfiguration":
 			return plan.NotFound

@@ -66,6 +66,8 @@ type world struct {
 	eks     map[string]*feks
 	buckets map[string]*fbucket
 	zones   map[string]*fzone // Route 53 hosted zones by ID (fake_route53_test.go)
+	lbs     map[string]*flb   // classic load balancers by name (fake_elb_test.go)
+	sgs     map[string]*fsg   // security groups by ID (fake_elb_test.go)
 	// recordPage is how many record sets ListResourceRecordSets returns per page without MaxItems.
 	recordPage int
 }
@@ -136,13 +138,14 @@ func newWorld(region string) *world {
 	return &world{region: region, inject: map[string][]error{}, latency: map[string]time.Duration{},
 		vpcs: map[string]*fvpc{}, igws: map[string]*figw{}, subnets: map[string]*fsubnet{}, eips: map[string][]ec2types.Tag{},
 		nats: map[string]*fnat{}, rts: map[string]*frt{}, roles: map[string]*frole{}, oidc: map[string][]iamtypes.Tag{},
-		eks: map[string]*feks{}, buckets: map[string]*fbucket{}, zones: map[string]*fzone{}, recordPage: 300}
+		eks: map[string]*feks{}, buckets: map[string]*fbucket{}, zones: map[string]*fzone{}, recordPage: 300,
+		lbs: map[string]*flb{}, sgs: map[string]*fsg{}}
 }
 
 // clients are the fake APIs of the world; S3 is fakeS3 unless the test sets a real one.
 func (w *world) clients() *Clients {
 	return &Clients{Region: w.region, S3: (*fakeS3)(w), EC2: (*fakeEC2)(w), IAM: (*fakeIAM)(w), EKS: (*fakeEKS)(w),
-		Route53: (*fakeRoute53)(w), PollInterval: 10 * time.Second}
+		Route53: (*fakeRoute53)(w), ELB: (*fakeELB)(w), PollInterval: 10 * time.Second}
 }
 
 // call records a request and applies the faults; it returns with w.mu held (release with w.done).
@@ -252,6 +255,12 @@ func (w *world) inventory() []string {
 	}
 	for name, b := range w.buckets {
 		out = append(out, fmt.Sprintf("bucket %s rules=%d enc=%v pab=%v", name, len(b.lifecycle), b.enc != nil, b.pab != nil))
+	}
+	for name, lb := range w.lbs {
+		out = append(out, fmt.Sprintf("load-balancer %s subnets=%d groups=%v", name, len(lb.subnets), lb.groups))
+	}
+	for id, g := range w.sgs {
+		out = append(out, fmt.Sprintf("security-group %s %s", id, tagValue(g.tags, "Name")))
 	}
 	for id, z := range w.zones {
 		for _, r := range z.records {
@@ -378,6 +387,12 @@ func (f *fakeEC2) DeleteVpc(_ context.Context, in *ec2.DeleteVpcInput, _ ...func
 	}
 	for _, rt := range w.rts {
 		if rt.vpc == id {
+			w.done(false)
+			return nil, apiErr("DependencyViolation")
+		}
+	}
+	for _, g := range w.sgs {
+		if g.vpc == id {
 			w.done(false)
 			return nil, apiErr("DependencyViolation")
 		}
@@ -518,6 +533,12 @@ func (f *fakeEC2) DeleteSubnet(_ context.Context, in *ec2.DeleteSubnetInput, _ .
 	}
 	for _, c := range w.eks {
 		if slices.Contains(c.in.ResourcesVpcConfig.SubnetIds, id) {
+			w.done(false)
+			return nil, apiErr("DependencyViolation")
+		}
+	}
+	for _, lb := range w.lbs {
+		if slices.Contains(lb.subnets, id) {
 			w.done(false)
 			return nil, apiErr("DependencyViolation")
 		}

@@ -44,6 +44,7 @@ func Steps(c *Clients, cluster string, cfg config.Config) []plan.Step {
 		&vpcStep{c: c, cluster: cluster},
 		&subnetsStep{c: c, cluster: cluster, zones: zones},
 		&natStep{c: c, cluster: cluster, zone: zones[0]},
+		&loadBalancersStep{c: c, cluster: cluster},
 		&routesStep{c: c, cluster: cluster, zones: zones},
 		&roleStep{c: c, cluster: cluster, step: "aws/cluster-role", role: cloud.ResourceName(cluster, "eks-cluster"),
 			managed: []string{awsPolicy + "AmazonEKSClusterPolicy"}, desired: staticTrust("eks.amazonaws.com")},
@@ -152,6 +153,19 @@ func Find(ctx context.Context, c *Clients, cluster string) (map[string][]cloud.R
 			add(owner, "eks:cluster", name)
 		}
 	}
+	// What Kubernetes left in the clusters' VPCs: after the EKS cluster, before the subnets.
+	if leftovers, err := findKubernetesLeftovers(ctx, c, cluster); err != nil {
+		errs = append(errs, err)
+	} else {
+		for _, owner := range sortedKeys(leftovers) {
+			for _, name := range leftovers[owner].LoadBalancers {
+				add(owner, kindLoadBalancer, name)
+			}
+			for _, id := range leftovers[owner].SecurityGroups {
+				add(owner, kindSecurityGroup, id)
+			}
+		}
+	}
 	if out, err := c.EC2.DescribeNatGateways(ctx, &ec2.DescribeNatGatewaysInput{Filter: filter}); err != nil {
 		errs = append(errs, classify("list NAT gateways", "ec2:DescribeNatGateways", err))
 	} else {
@@ -241,7 +255,7 @@ func iamOwner(tags []iamtypes.Tag) string {
 }
 
 // Sweep deletes every resource still tagged for cluster after destroy's steps, in the order Find lists them
-// (DNS records, node groups, clusters, NAT gateways, addresses, route tables, subnets, gateways, VPCs, roles, providers,
+// (DNS records, node groups, clusters, Kubernetes' load balancers and their security groups, NAT gateways, addresses, route tables, subnets, gateways, VPCs, roles, providers,
 // buckets). With dryRun it deletes nothing and reports what it would remove as Removed.
 func Sweep(ctx context.Context, c *Clients, cluster string, dryRun bool) (cloud.SweepReport, error) {
 	found, err := Find(ctx, c, cluster)
@@ -266,6 +280,10 @@ func deleteResource(ctx context.Context, c *Clients, cluster string, r cloud.Res
 	switch r.Kind {
 	case kindRecord:
 		return deleteRecord(ctx, c.Route53, cluster, id)
+	case kindLoadBalancer:
+		return deleteLoadBalancer(ctx, c, id)
+	case kindSecurityGroup:
+		return deleteSecurityGroup(ctx, c, id)
 	case "eks:nodegroup":
 		cluster, ng, _ := strings.Cut(id, "/")
 		return deleteNodeGroup(ctx, c, cluster, ng)
