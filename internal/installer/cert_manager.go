@@ -19,7 +19,6 @@ import (
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/registry"
-	"helm.sh/helm/v3/pkg/release"
 	"helm.sh/helm/v3/pkg/storage/driver"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -308,29 +307,11 @@ func (s *certManagerStep) installRelease(ctx context.Context, kubeconfig string,
 // certManagerReleaseDiff compares cert-manager's release with CertManagerVersion and, unless nil, values:
 // "" when they match, "not installed", or what differs.
 func certManagerReleaseDiff(restConfig *rest.Config, values map[string]any) (string, error) {
-	var rel *release.Release
-	err := withKubeconfigFile(restConfig, func(kubeconfig string) error {
-		cfg, err := helmConfigIn(kubeconfig, cloud.CertManagerNamespace)
-		if err != nil {
-			return err
-		}
-		rel, err = action.NewGet(cfg).Run(CertManagerRelease)
-		return err
-	})
-	if errors.Is(err, driver.ErrReleaseNotFound) {
-		return "not installed", nil
+	rel, err := readRelease(restConfig, cloud.CertManagerNamespace, CertManagerRelease)
+	if err != nil || rel == nil {
+		return orNotInstalled(err)
 	}
-	if err != nil {
-		return "", fmt.Errorf("read Helm release %s: %w", CertManagerRelease, err)
-	}
-	var diff []string
-	if rel.Info == nil || rel.Info.Status != release.StatusDeployed {
-		status := "unknown"
-		if rel.Info != nil {
-			status = rel.Info.Status.String()
-		}
-		diff = append(diff, "status "+status)
-	}
+	diff := releaseStatus(rel)
 	if rel.Chart == nil || rel.Chart.Metadata == nil || rel.Chart.Metadata.Version != CertManagerVersion {
 		version := "unknown"
 		if rel.Chart != nil && rel.Chart.Metadata != nil {

@@ -79,6 +79,16 @@ func gatewayAddress(connect func(context.Context) (*rest.Config, error), name, k
 	}
 }
 
+// certificateSteps are cert-manager (with a Let's Encrypt cert_issuer), after deps, and record.
+func certificateSteps(cfg config.Config, connect func(context.Context) (*rest.Config, error), deps []string,
+	setup func(context.Context) (certManagerSetup, error), record plan.Step, out io.Writer) []plan.Step {
+	if !letsEncrypt(cfg) {
+		return []plan.Step{record}
+	}
+	return []plan.Step{&certManagerStep{deps: deps, connect: connect, cfg: cfg, setup: setup,
+		charts: certManagerCharts, wait: certManagerWait, out: out}, record}
+}
+
 // awsCertificateSteps are cert-manager (with a Let's Encrypt cert_issuer) and the gateway's Route 53
 // record (with dns) of an AWS install.
 func awsCertificateSteps(c *awscloud.Clients, name string, cfg config.Config, out io.Writer) []plan.Step {
@@ -86,26 +96,22 @@ func awsCertificateSteps(c *awscloud.Clients, name string, cfg config.Config, ou
 		return nil
 	}
 	connect := awsConnect(c, name)
-	var steps []plan.Step
-	if letsEncrypt(cfg) {
-		steps = append(steps, &certManagerStep{deps: []string{"aws/node-group", "aws/cert-manager-role"}, connect: connect, cfg: cfg,
-			charts: certManagerCharts, wait: certManagerWait, out: out,
-			setup: func(ctx context.Context) (certManagerSetup, error) {
-				role, err := awscloud.RoleARN(ctx, c, name, awscloud.CertManagerRoleName(name))
-				if err != nil {
-					return certManagerSetup{}, err
-				}
-				zone, err := awscloud.FindHostedZone(ctx, c.Route53, *cfg.DNS)
-				if err != nil {
-					return certManagerSetup{}, err
-				}
-				// Ambient credentials: the IRSA role of the service account (cert-manager allows them for
-				// ClusterIssuers by default).
-				return certManagerSetup{ServiceAccountAnnotations: map[string]string{awsRoleAnnotation: role},
-					Solver: map[string]any{"route53": map[string]any{"region": c.Region, "hostedZoneID": zone.ID}}}, nil
-			}})
+	setup := func(ctx context.Context) (certManagerSetup, error) {
+		role, err := awscloud.RoleARN(ctx, c, name, awscloud.CertManagerRoleName(name))
+		if err != nil {
+			return certManagerSetup{}, err
+		}
+		zone, err := awscloud.FindHostedZone(ctx, c.Route53, *cfg.DNS)
+		if err != nil {
+			return certManagerSetup{}, err
+		}
+		// Ambient credentials: the IRSA role of the service account (cert-manager allows them for
+		// ClusterIssuers by default).
+		return certManagerSetup{ServiceAccountAnnotations: map[string]string{awsRoleAnnotation: role},
+			Solver: map[string]any{"route53": map[string]any{"region": c.Region, "hostedZoneID": zone.ID}}}, nil
 	}
-	return append(steps, awscloud.RecordStep(c, name, *cfg.DNS, gatewayAddress(connect, name, addressHostname), kubeStepName))
+	return certificateSteps(cfg, connect, []string{"aws/node-group", "aws/cert-manager-role"}, setup,
+		awscloud.RecordStep(c, name, *cfg.DNS, gatewayAddress(connect, name, addressHostname), kubeStepName), out)
 }
 
 // gcpCertificateSteps are cert-manager (with a Let's Encrypt cert_issuer) and the gateway's Cloud DNS
@@ -115,22 +121,18 @@ func gcpCertificateSteps(c *gcpcloud.Clients, name string, cfg config.Config, ou
 		return nil
 	}
 	connect := gcpConnect(c, name)
-	var steps []plan.Step
-	if letsEncrypt(cfg) {
-		steps = append(steps, &certManagerStep{deps: []string{"gcp/node-pool", "gcp/cert-manager-identity"}, connect: connect, cfg: cfg,
-			charts: certManagerCharts, wait: certManagerWait, out: out,
-			setup: func(ctx context.Context) (certManagerSetup, error) {
-				zone, err := gcpcloud.FindManagedZone(ctx, c.DNS, c.Project, *cfg.DNS)
-				if err != nil {
-					return certManagerSetup{}, err
-				}
-				// Ambient credentials: the Google service account of workload identity.
-				return certManagerSetup{
-					ServiceAccountAnnotations: map[string]string{gcpServiceAccountAnnotation: gcpcloud.ServiceAccountEmail(c.Project, name, gcpcloud.RoleCertManager)},
-					Solver:                    map[string]any{"cloudDNS": map[string]any{"project": c.Project, "hostedZoneName": zone.Name}}}, nil
-			}})
+	setup := func(ctx context.Context) (certManagerSetup, error) {
+		zone, err := gcpcloud.FindManagedZone(ctx, c.DNS, c.Project, *cfg.DNS)
+		if err != nil {
+			return certManagerSetup{}, err
+		}
+		// Ambient credentials: the Google service account of workload identity.
+		return certManagerSetup{
+			ServiceAccountAnnotations: map[string]string{gcpServiceAccountAnnotation: gcpcloud.ServiceAccountEmail(c.Project, name, gcpcloud.RoleCertManager)},
+			Solver:                    map[string]any{"cloudDNS": map[string]any{"project": c.Project, "hostedZoneName": zone.Name}}}, nil
 	}
-	return append(steps, gcpcloud.RecordStep(c, name, *cfg.DNS, gatewayAddress(connect, name, addressIP), kubeStepName))
+	return certificateSteps(cfg, connect, []string{"gcp/node-pool", "gcp/cert-manager-identity"}, setup,
+		gcpcloud.RecordStep(c, name, *cfg.DNS, gatewayAddress(connect, name, addressIP), kubeStepName), out)
 }
 
 // awsStatusSteps are what status compares: the cloud steps and the gateway's DNS record.

@@ -576,33 +576,15 @@ func kubeKind(err error) plan.Kind {
 // releaseDiff compares the controller's Helm release with the embedded chart and, unless nil, the values:
 // "" when they match, else what differs.
 func releaseDiff(restConfig *rest.Config, values map[string]any) (string, error) {
-	var rel *release.Release
-	err := withKubeconfigFile(restConfig, func(kubeconfig string) error {
-		cfg, err := helmConfig(kubeconfig)
-		if err != nil {
-			return err
-		}
-		rel, err = action.NewGet(cfg).Run(ControllerRelease)
-		return err
-	})
-	if errors.Is(err, driver.ErrReleaseNotFound) {
-		return "not installed", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("read Helm release %s: %w", ControllerRelease, err)
+	rel, err := readRelease(restConfig, ControllerNamespace, ControllerRelease)
+	if err != nil || rel == nil {
+		return orNotInstalled(err)
 	}
 	ch, err := LoadChart()
 	if err != nil {
 		return "", err
 	}
-	var diff []string
-	if rel.Info == nil || rel.Info.Status != release.StatusDeployed {
-		status := "unknown"
-		if rel.Info != nil {
-			status = rel.Info.Status.String()
-		}
-		diff = append(diff, "status "+status)
-	}
+	diff := releaseStatus(rel)
 	if rel.Chart == nil || chartDigest(rel.Chart) != chartDigest(ch) {
 		diff = append(diff, "another chart (upgrade to this CLI's chart)")
 	}
@@ -610,6 +592,46 @@ func releaseDiff(restConfig *rest.Config, values map[string]any) (string, error)
 		diff = append(diff, "other values (images)")
 	}
 	return strings.Join(diff, ", "), nil
+}
+
+// readRelease reads the Helm release name of namespace; nil when it is not installed.
+func readRelease(restConfig *rest.Config, namespace, name string) (*release.Release, error) {
+	var rel *release.Release
+	err := withKubeconfigFile(restConfig, func(kubeconfig string) error {
+		cfg, err := helmConfigIn(kubeconfig, namespace)
+		if err != nil {
+			return err
+		}
+		rel, err = action.NewGet(cfg).Run(name)
+		return err
+	})
+	if errors.Is(err, driver.ErrReleaseNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read Helm release %s: %w", name, err)
+	}
+	return rel, nil
+}
+
+// orNotInstalled is releaseDiff's answer without a release: the error reading it, else "not installed".
+func orNotInstalled(err error) (string, error) {
+	if err != nil {
+		return "", err
+	}
+	return "not installed", nil
+}
+
+// releaseStatus is what is wrong with a release's status: nothing when it is deployed.
+func releaseStatus(rel *release.Release) []string {
+	if rel.Info != nil && rel.Info.Status == release.StatusDeployed {
+		return nil
+	}
+	status := "unknown"
+	if rel.Info != nil {
+		status = rel.Info.Status.String()
+	}
+	return []string{"status " + status}
 }
 
 func helmConfig(kubeconfig string) (*action.Configuration, error) {

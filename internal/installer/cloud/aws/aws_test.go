@@ -68,6 +68,20 @@ func destroy(t testing.TB, w *world) (plan.Report, error) {
 	return run(t, w, rev, 8)
 }
 
+// previewDestroy returns the reversed steps and their destroy plan.
+func previewDestroy(t testing.TB, steps []plan.Step) ([]plan.Step, []plan.Planned) {
+	t.Helper()
+	rev, err := plan.Reverse(steps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := plan.Preview(context.Background(), rev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rev, p
+}
+
 func mutations(w *world) []string {
 	var out []string
 	for _, op := range w.ops("") {
@@ -506,14 +520,7 @@ func TestDestroyDeletesTheLoadBalancersKubernetesLeft(t *testing.T) {
 			t.Errorf("list: %q, want %q", kinds, want)
 		}
 
-		rev, err := plan.Reverse(Steps(w.clients(), testCluster, testConfig(t)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := plan.Preview(context.Background(), rev)
-		if err != nil {
-			t.Fatal(err)
-		}
+		rev, p := previewDestroy(t, Steps(w.clients(), testCluster, testConfig(t)))
 		for _, s := range p {
 			if s.Name == "aws/load-balancers" && (s.Change.Action != plan.Delete || !slices.Equal(s.Change.Diff, []string{
 				"delete classic load balancer a1b2c3 (made by Kubernetes for a LoadBalancer Service)",

@@ -376,14 +376,7 @@ func TestDestroyWithoutRoute53AccessSaysWhatMayRemain(t *testing.T) {
 	cfg := dnsConfig(t, "")
 	denied := apiErr("AccessDenied")
 	w.inject["route53:ListHostedZonesByName"] = []error{denied, denied, denied, denied}
-	rev, err := plan.Reverse(recordSteps(w, cfg, &lb{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := plan.Preview(context.Background(), rev)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, p := previewDestroy(t, recordSteps(w, cfg, &lb{}))
 	for _, s := range p {
 		if s.Change.Action != plan.NoOp {
 			t.Errorf("%s: %s %q", s.Name, s.Change.Action, s.Change.Diff)
