@@ -41,6 +41,12 @@
 //	  project:                      (required)    GCP project ID
 //	  region:                       us-west2
 //	  machine_type:                 by size: demo e2-standard-2, small n2-standard-4, medium n2-standard-8
+//	  api_authorized_ip_ranges:     [0.0.0.0/0]   IPv4 CIDRs (at most 50) allowed to reach the GKE control
+//	                                              plane's public endpoint (credentials still required);
+//	                                              [0.0.0.0/0] leaves it open to any address. The installer
+//	                                              itself talks to the API server: a list must include the
+//	                                              egress address of every machine `opstrace` runs on
+//	                                              (it is not detected). Changing it updates the cluster
 //
 // The config with every default filled in ([Render]) is stored in the cluster, so that upgrade and status
 // need no file; rendering and parsing again gives the same config.
@@ -127,6 +133,9 @@ type GCP struct {
 	Project     string `yaml:"project"`
 	Region      string `yaml:"region"`
 	MachineType string `yaml:"machine_type"`
+	// APIAuthorizedIPRanges are the CIDRs that may reach the GKE control plane (master authorized
+	// networks); [DefaultAuthorizedIPRange] alone means any address.
+	APIAuthorizedIPRanges []string `yaml:"api_authorized_ip_ranges"`
 }
 
 // Provider says which cloud the config is for: the provider whose section is set.
@@ -154,6 +163,10 @@ const (
 	ControllerRepository       = "opstrace/opstrace-controller"
 	GatewayRepository          = "opstrace/opstrace-gateway"
 )
+
+// MaxGKEAuthorizedNetworks is how many CIDRs GKE accepts as authorized networks of a control plane with a
+// public endpoint.
+const MaxGKEAuthorizedNetworks = 50
 
 // DefaultAWSZoneSuffixes are the zones used in the region when aws.zone_suffixes is absent.
 var DefaultAWSZoneSuffixes = []string{"a", "b", "c"}
@@ -195,7 +208,8 @@ func Defaults(provider string) Config {
 			EKSAdminRoles: []string{},
 		}
 	case ProviderGCP:
-		c.GCP = &GCP{Region: DefaultGCPRegion, MachineType: GCPMachineTypes[DefaultSize]}
+		c.GCP = &GCP{Region: DefaultGCPRegion, MachineType: GCPMachineTypes[DefaultSize],
+			APIAuthorizedIPRanges: []string{DefaultAuthorizedIPRange}}
 	}
 	return c
 }
@@ -262,6 +276,9 @@ func applyDefaults(c *Config, provider string, set keys) {
 		}
 		if !set.has("gcp.machine_type") {
 			c.GCP.MachineType = GCPMachineTypes[c.Size]
+		}
+		if !set.has("gcp.api_authorized_ip_ranges") {
+			c.GCP.APIAuthorizedIPRanges = d.GCP.APIAuthorizedIPRanges
 		}
 	}
 }

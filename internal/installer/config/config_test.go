@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -52,6 +53,18 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"gcp section missing", ProviderGCP, "tenants: [prod]\n", "gcp.project", "is required"},
 		{"bad gcp project", ProviderGCP, "gcp:\n  project: My_Project\n", "gcp.project", `invalid value "My_Project"`},
 		{"bad gcp region", ProviderGCP, "gcp:\n  project: my-project\n  region: us-west-2\n", "gcp.region", "a GCP region like us-west2"},
+		{"gke api range bad CIDR", ProviderGCP, "gcp:\n  project: my-project\n  api_authorized_ip_ranges: [203.0.113.0/24, 203.0.113.7]\n",
+			"gcp.api_authorized_ip_ranges[1]", `invalid CIDR "203.0.113.7"; allowed: an IPv4 CIDR like 203.0.113.0/24`},
+		{"gke api range host bits", ProviderGCP, "gcp:\n  project: my-project\n  api_authorized_ip_ranges: [198.51.100.7/24]\n",
+			"gcp.api_authorized_ip_ranges[0]", `CIDR "198.51.100.7/24" has bits set after the prefix length; allowed: the network address: 198.51.100.0/24`},
+		{"gke api range IPv6", ProviderGCP, "gcp:\n  project: my-project\n  api_authorized_ip_ranges: [\"2001:db8::/32\"]\n",
+			"gcp.api_authorized_ip_ranges[0]", `CIDR "2001:db8::/32" is IPv6; allowed: an IPv4 CIDR like 203.0.113.0/24: GKE authorized networks are IPv4 only`},
+		{"gke api ranges empty", ProviderGCP, "gcp:\n  project: my-project\n  api_authorized_ip_ranges: []\n",
+			"gcp.api_authorized_ip_ranges", "needs at least 1 item(s), got 0; allowed: 1 to 50 IPv4 CIDRs that may reach the Kubernetes API, e.g. [203.0.113.0/24]; include the egress address of the machine running opstrace"},
+		{"gke api ranges too many", ProviderGCP, "gcp:\n  project: my-project\n  api_authorized_ip_ranges: [" + manyCIDRs(51) + "]\n",
+			"gcp.api_authorized_ip_ranges", "has 51 items, more than 50"},
+		{"gke api range repeated", ProviderGCP, "gcp:\n  project: my-project\n  api_authorized_ip_ranges: [10.0.0.0/8, 10.0.0.0/8]\n",
+			"gcp.api_authorized_ip_ranges[1]", `"10.0.0.0/8" repeats gcp.api_authorized_ip_ranges[0]`},
 		{"gcp section wrong type", ProviderGCP, "gcp: my-project\n", "gcp", "must be a mapping of keys, got the string"},
 		{"dns domain invalid", ProviderAWS, "dns:\n  domain: opstrace_example.com\n", "dns.domain", `invalid domain name "opstrace_example.com"`},
 		{"dns domain single label", ProviderAWS, "dns:\n  domain: localhost\n", "dns.domain", "invalid domain name"},
@@ -164,6 +177,11 @@ func TestParseAppliesDefaults(t *testing.T) {
 		if got.AWS != nil {
 			t.Errorf("aws section set on a gcp config: %+v", got.AWS)
 		}
+		// The Kubernetes API stays reachable from anywhere unless the file says otherwise: the installer
+		// must reach it from wherever it runs, and it cannot know that address.
+		if !reflect.DeepEqual(got.GCP.APIAuthorizedIPRanges, []string{"0.0.0.0/0"}) {
+			t.Errorf("default gcp.api_authorized_ip_ranges %v", got.GCP.APIAuthorizedIPRanges)
+		}
 	})
 	t.Run("explicit values win", func(t *testing.T) {
 		file := `tenants: [prod]
@@ -201,6 +219,7 @@ func TestRenderRoundTrips(t *testing.T) {
 		{ProviderAWS, "tenants: [prod]\n"},
 		{ProviderAWS, "dns:\n  domain: o.example.com\naws:\n  eks_admin_roles: ['arn:aws:iam::123456789012:role/a']\n"},
 		{ProviderGCP, "size: demo\ngcp:\n  project: my-project\n"},
+		{ProviderGCP, "gcp:\n  project: my-project\n  api_authorized_ip_ranges: [203.0.113.0/24, 198.51.100.7/32]\n"},
 	} {
 		first, err := Parse([]byte(tc.file), tc.provider)
 		if err != nil {
@@ -219,6 +238,15 @@ func TestRenderRoundTrips(t *testing.T) {
 		}
 	}
 	t.Logf("rendered defaults (aws):\n%s", Render(Defaults(ProviderAWS)))
+}
+
+// manyCIDRs is n distinct /32s, as a YAML flow list's items.
+func manyCIDRs(n int) string {
+	var out []string
+	for i := range n {
+		out = append(out, fmt.Sprintf("10.0.%d.%d/32", i/256, i%256))
+	}
+	return strings.Join(out, ", ")
 }
 
 func TestParseRejectsUnknownProvider(t *testing.T) {

@@ -80,6 +80,22 @@ func (v *validator) list(path string, items []string, minLen, maxLen int, allowe
 	}
 }
 
+// cidr checks one CIDR of an authorized-ranges list; ipv4Only for the lists the cloud accepts only IPv4 in.
+func (v *validator) cidr(path, cidr string, ipv4Only bool) {
+	prefix, err := netip.ParsePrefix(cidr)
+	switch {
+	case err != nil && ipv4Only:
+		v.add(path, fmt.Sprintf("invalid CIDR %q", cidr), "an IPv4 CIDR like 203.0.113.0/24")
+	case err != nil:
+		v.add(path, fmt.Sprintf("invalid CIDR %q", cidr), "an IPv4 or IPv6 CIDR like 203.0.113.0/24")
+	case ipv4Only && !prefix.Addr().Is4():
+		v.add(path, fmt.Sprintf("CIDR %q is IPv6", cidr), "an IPv4 CIDR like 203.0.113.0/24: GKE authorized networks are IPv4 only")
+	case prefix.Masked() != prefix:
+		v.add(path, fmt.Sprintf("CIDR %q has bits set after the prefix length", cidr),
+			fmt.Sprintf("the network address: %s", prefix.Masked()))
+	}
+}
+
 // validate checks a defaulted config for the provider. set holds the keys present in the file, for line
 // numbers and to tell "absent" from "empty".
 func validate(c Config, provider string, set keys) ErrorList {
@@ -111,16 +127,7 @@ func validate(c Config, provider string, set keys) ErrorList {
 		validateDNS(v, c.DNS, provider)
 	}
 	v.list("data_api_authorized_ip_ranges", c.DataAPIAuthorizedIPRanges, 1, 0,
-		"CIDRs, e.g. [203.0.113.0/24]; use [0.0.0.0/0] to allow any address", func(p, cidr string) {
-			prefix, err := netip.ParsePrefix(cidr)
-			switch {
-			case err != nil:
-				v.add(p, fmt.Sprintf("invalid CIDR %q", cidr), "an IPv4 or IPv6 CIDR like 203.0.113.0/24")
-			case prefix.Masked() != prefix:
-				v.add(p, fmt.Sprintf("CIDR %q has bits set after the prefix length", cidr),
-					fmt.Sprintf("the network address: %s", prefix.Masked()))
-			}
-		})
+		"CIDRs, e.g. [203.0.113.0/24]; use [0.0.0.0/0] to allow any address", func(p, cidr string) { v.cidr(p, cidr, false) })
 	const imageAllowed = "an image reference like registry.example.com/opstrace/opstrace-controller:v1.2.3"
 	v.match("controller_image", c.ControllerImage, imageRef, imageAllowed)
 	v.match("gateway_image", c.GatewayImage, imageRef, imageAllowed)
@@ -218,4 +225,9 @@ func validateGCP(v *validator, g GCP, set keys) {
 	if g.MachineType != "" || set.has("gcp.machine_type") {
 		v.match("gcp.machine_type", g.MachineType, gcpMachineType, "a Compute Engine machine type like n2-standard-4")
 	}
+	v.list("gcp.api_authorized_ip_ranges", g.APIAuthorizedIPRanges, 1, MaxGKEAuthorizedNetworks,
+		fmt.Sprintf("1 to %d IPv4 CIDRs that may reach the Kubernetes API, e.g. [203.0.113.0/24]; "+
+			"include the egress address of the machine running opstrace (it talks to the API server); "+
+			"use [0.0.0.0/0] to allow any address", MaxGKEAuthorizedNetworks),
+		func(p, cidr string) { v.cidr(p, cidr, true) })
 }
