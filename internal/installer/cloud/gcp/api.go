@@ -1,6 +1,7 @@
 // Package gcp creates, finds and deletes the Google Cloud resources of an Opstrace cluster: GCS buckets,
 // the VPC network and its subnet, a Cloud Router with Cloud NAT, the GKE cluster and its node pool, and
-// the IAM service accounts of the workloads (workload identity), and the gateway's DNS name in Cloud DNS.
+// the IAM service accounts of the nodes and of the workloads (workload identity), and the gateway's DNS name
+// in Cloud DNS.
 // Each resource is a plan.Step; see Steps.
 //
 // The steps call Google Cloud through the narrow interfaces below, which list only the calls they use.
@@ -36,6 +37,7 @@ import (
 	"cloud.google.com/go/storage"
 	gax "github.com/googleapis/gax-go/v2"
 	"golang.org/x/oauth2/google"
+	crm "google.golang.org/api/cloudresourcemanager/v3"
 	dns "google.golang.org/api/dns/v1"
 	"google.golang.org/api/iterator"
 
@@ -84,6 +86,7 @@ type GKEAPI interface {
 	CreateCluster(context.Context, *containerpb.CreateClusterRequest, ...gax.CallOption) (*containerpb.Operation, error)
 	DeleteCluster(context.Context, *containerpb.DeleteClusterRequest, ...gax.CallOption) (*containerpb.Operation, error)
 	ListClusters(context.Context, *containerpb.ListClustersRequest, ...gax.CallOption) (*containerpb.ListClustersResponse, error)
+	UpdateCluster(context.Context, *containerpb.UpdateClusterRequest, ...gax.CallOption) (*containerpb.Operation, error)
 	GetNodePool(context.Context, *containerpb.GetNodePoolRequest, ...gax.CallOption) (*containerpb.NodePool, error)
 	CreateNodePool(context.Context, *containerpb.CreateNodePoolRequest, ...gax.CallOption) (*containerpb.Operation, error)
 	SetNodePoolSize(context.Context, *containerpb.SetNodePoolSizeRequest, ...gax.CallOption) (*containerpb.Operation, error)
@@ -99,6 +102,15 @@ type IAMAPI interface {
 	GetIamPolicy(context.Context, *iampb.GetIamPolicyRequest) (*iam.Policy, error)
 	SetIamPolicy(context.Context, *admin.SetIamPolicyRequest) (*iam.Policy, error)
 	ListServiceAccounts(ctx context.Context, req *adminpb.ListServiceAccountsRequest) ([]*adminpb.ServiceAccount, error)
+}
+
+// ProjectIAMAPI reads and writes the project's IAM policy (adapter: realProjects over the Resource Manager
+// v3 service): the node service account's roles exist only at project level. ProjectPolicy asks for policy
+// version 3, so that conditional bindings are read whole and written back; SetProjectPolicy writes the
+// bindings and the etag only (the API's default update mask), never the audit configs.
+type ProjectIAMAPI interface {
+	ProjectPolicy(ctx context.Context, project string) (*crm.Policy, error)
+	SetProjectPolicy(ctx context.Context, project string, policy *crm.Policy) error
 }
 
 // DNSAPI is what the DNS steps do with Cloud DNS (adapter: realDNS over the google.golang.org/api/dns/v1
@@ -124,6 +136,8 @@ type Clients struct {
 	Compute ComputeAPI
 	GKE     GKEAPI
 	IAM     IAMAPI
+	// Projects holds the project-level roles of the node service account.
+	Projects ProjectIAMAPI
 	// DNS holds the gateway's DNS name (config key dns).
 	DNS DNSAPI
 	// PollInterval is how often a step polls a GKE cluster or node pool that is becoming ready or going
@@ -188,6 +202,10 @@ func NewClients(ctx context.Context, project, region string) (*Clients, error) {
 	if err != nil {
 		return fail(err)
 	}
+	projects, err := crm.NewService(ctx)
+	if err != nil {
+		return fail(err)
+	}
 	tokens, err := google.DefaultTokenSource(ctx, cloudPlatformScope)
 	if err != nil {
 		return fail(err)
@@ -201,11 +219,12 @@ func NewClients(ctx context.Context, project, region string) (*Clients, error) {
 			}
 			return t.AccessToken, nil
 		},
-		Storage: realStorage{st},
-		Compute: realCompute{networks: networks, subnets: subnets, routers: routers},
-		GKE:     gke,
-		IAM:     realIAM{iamc},
-		DNS:     realDNS{dnsService},
+		Storage:  realStorage{st},
+		Compute:  realCompute{networks: networks, subnets: subnets, routers: routers},
+		GKE:      gke,
+		IAM:      realIAM{iamc},
+		DNS:      realDNS{dnsService},
+		Projects: realProjects{projects},
 		Close: func() error {
 			var errs []error
 			for _, c := range closers {
@@ -420,6 +439,19 @@ func (r realDNS) ZonePolicy(ctx context.Context, project, zone string) (*dns.Goo
 
 func (r realDNS) SetZonePolicy(ctx context.Context, project, zone string, policy *dns.GoogleIamV1Policy) error {
 	_, err := r.s.ManagedZones.SetIamPolicy(zoneResource(project, zone), &dns.GoogleIamV1SetIamPolicyRequest{Policy: policy}).Context(ctx).Do()
+	return err
+}
+
+// realProjects is ProjectIAMAPI over the Resource Manager service.
+type realProjects struct{ s *crm.Service }
+
+func (r realProjects) ProjectPolicy(ctx context.Context, project string) (*crm.Policy, error) {
+	return r.s.Projects.GetIamPolicy("projects/"+project, &crm.GetIamPolicyRequest{
+		Options: &crm.GetPolicyOptions{RequestedPolicyVersion: 3}}).Context(ctx).Do()
+}
+
+func (r realProjects) SetProjectPolicy(ctx context.Context, project string, policy *crm.Policy) error {
+	_, err := r.s.Projects.SetIamPolicy("projects/"+project, &crm.SetIamPolicyRequest{Policy: policy}).Context(ctx).Do()
 	return err
 }
 

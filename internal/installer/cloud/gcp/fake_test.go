@@ -10,6 +10,7 @@ package gcp
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -26,6 +27,7 @@ import (
 	"cloud.google.com/go/iam/apiv1/iampb"
 	"cloud.google.com/go/storage"
 	gax "github.com/googleapis/gax-go/v2"
+	crm "google.golang.org/api/cloudresourcemanager/v3"
 	"google.golang.org/api/googleapi"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -83,6 +85,7 @@ type world struct {
 	sas      map[string]*fsa // by email
 	buckets  map[string]*fbucket
 	dnsZones map[string]*fdnszone // Cloud DNS managed zones by name (fake_clouddns_test.go)
+	policy   *crm.Policy          // the project's IAM policy (fakeProjects)
 }
 
 type fcluster struct {
@@ -113,12 +116,19 @@ type fbucket struct {
 func newWorld() *world {
 	return &world{project: "acme-prod", region: "europe-west1", inject: map[string][]error{}, latency: map[string]time.Duration{},
 		networks: map[string]*computepb.Network{}, subnets: map[string]*computepb.Subnetwork{}, routers: map[string]*computepb.Router{},
-		clusters: map[string]*fcluster{}, sas: map[string]*fsa{}, buckets: map[string]*fbucket{}, dnsZones: map[string]*fdnszone{}}
+		clusters: map[string]*fcluster{}, sas: map[string]*fsa{}, buckets: map[string]*fbucket{}, dnsZones: map[string]*fdnszone{},
+		// Someone else's bindings, which every write must keep: an unconditional one and a conditional one
+		// (read and written back only with policy version 3).
+		policy: &crm.Policy{Version: 3, Etag: "BwY1", Bindings: []*crm.Binding{
+			{Role: "roles/owner", Members: []string{"user:ops@acme.example"}},
+			{Role: "roles/container.defaultNodeServiceAccount", Members: []string{"serviceAccount:other@acme-prod.iam.gserviceaccount.com"},
+				Condition: &crm.Expr{Title: "weekdays", Expression: "request.time.getDayOfWeek() < 5"}},
+		}}}
 }
 
 func (w *world) clients() *Clients {
 	return &Clients{Project: w.project, Region: w.region, Storage: (*fakeStorage)(w), Compute: (*fakeCompute)(w),
-		GKE: (*fakeGKE)(w), IAM: (*fakeIAM)(w), DNS: (*fakeDNS)(w), PollInterval: 10 * time.Second}
+		GKE: (*fakeGKE)(w), IAM: (*fakeIAM)(w), DNS: (*fakeDNS)(w), Projects: (*fakeProjects)(w), PollInterval: 10 * time.Second}
 }
 
 // call records a request and applies the faults; it returns with w.mu held (release with w.done).
@@ -193,7 +203,7 @@ func (w *world) ops() []string {
 
 func isMutation(op string) bool {
 	verb := op[strings.Index(op, ":")+1:]
-	return !strings.HasPrefix(verb, "Get") && !strings.HasPrefix(verb, "List") && verb != "Bucket" && verb != "BucketPolicy"
+	return !strings.HasPrefix(verb, "Get") && !strings.HasPrefix(verb, "List") && verb != "Bucket" && verb != "BucketPolicy" && verb != "ProjectPolicy"
 }
 
 // inventory is every resource in the world, for comparing runs.
@@ -232,6 +242,13 @@ func (w *world) inventory() []string {
 		out = append(out, fmt.Sprintf("bucket %s labels=%v rules=%d ubla=%v pap=%v policy=%v objects=%d", name, b.attrs.Labels,
 			len(b.attrs.Lifecycle.Rules), b.attrs.UniformBucketLevelAccess.Enabled, b.attrs.PublicAccessPrevention, pol, b.objects))
 	}
+	for _, b := range w.policy.Bindings {
+		cond := ""
+		if b.Condition != nil {
+			cond = " if " + b.Condition.Expression
+		}
+		out = append(out, fmt.Sprintf("project binding %s=%s%s", b.Role, strings.Join(b.Members, ","), cond))
+	}
 	for name, z := range w.dnsZones {
 		for _, r := range z.records {
 			out = append(out, fmt.Sprintf("record %s %s %s %s", name, r.Name, r.Type, strings.Join(r.Rrdatas, " ")))
@@ -240,6 +257,20 @@ func (w *world) inventory() []string {
 			out = append(out, fmt.Sprintf("zone %s binding %s=%s", name, b.Role, strings.Join(b.Members, ",")))
 		}
 	}
+	sort.Strings(out)
+	return out
+}
+
+// othersBindings are the inventory lines of the project bindings newWorld starts with: someone else's,
+// which every run must leave as they are.
+var othersBindings = []string{
+	"project binding roles/container.defaultNodeServiceAccount=serviceAccount:other@acme-prod.iam.gserviceaccount.com if request.time.getDayOfWeek() < 5",
+	"project binding roles/owner=user:ops@acme.example",
+}
+
+// withOthers is an inventory of lines and of othersBindings, sorted as inventory sorts.
+func withOthers(lines ...string) []string {
+	out := append(slices.Clone(othersBindings), lines...)
 	sort.Strings(out)
 	return out
 }
@@ -539,6 +570,12 @@ func (f *fakeGKE) CreateCluster(_ context.Context, req *containerpb.CreateCluste
 		w.done(false)
 		return nil, grpcErr(codes.InvalidArgument, "network or subnetwork with its secondary ranges not found")
 	}
+	for _, p := range in.GetNodePools() {
+		if err := w.nodeAccount(p); err != nil {
+			w.done(false)
+			return nil, err
+		}
+	}
 	c := &fcluster{c: proto.Clone(in).(*containerpb.Cluster), readyAt: time.Now().Add(w.latency["gke"]), pools: map[string]*fpool{}}
 	c.c.Location = last(req.GetParent())
 	c.c.SelfLink = "https://container.googleapis.com/v1/" + req.GetParent() + "/clusters/" + in.GetName()
@@ -624,12 +661,45 @@ func (f *fakeGKE) CreateNodePool(_ context.Context, req *containerpb.CreateNodeP
 		return nil, grpcErr(codes.FailedPrecondition, "cluster is not running")
 	}
 	np := req.GetNodePool()
+	if err := w.nodeAccount(np); err != nil {
+		w.done(false)
+		return nil, err
+	}
 	if c.pools[np.GetName()] != nil {
 		w.done(false)
 		return nil, grpcErr(codes.AlreadyExists, "Already exists: "+np.GetName())
 	}
 	c.pools[np.GetName()] = &fpool{np: proto.Clone(np).(*containerpb.NodePool), readyAt: time.Now().Add(w.latency["nodepool"]), size: np.GetInitialNodeCount()}
 	return &containerpb.Operation{Name: "operation-create-pool"}, w.done(true)
+}
+
+// nodeAccount refuses a node pool whose service account does not exist, as GKE does. Call with w.mu held.
+func (w *world) nodeAccount(np *containerpb.NodePool) error {
+	if sa := np.GetConfig().GetServiceAccount(); sa != "" && w.sas[sa] == nil {
+		return grpcErr(codes.InvalidArgument, "Service account \""+sa+"\" does not exist.")
+	}
+	return nil
+}
+
+func (f *fakeGKE) UpdateCluster(_ context.Context, req *containerpb.UpdateClusterRequest, _ ...gax.CallOption) (*containerpb.Operation, error) {
+	w := f.w()
+	if err := w.call("gke:UpdateCluster", req); err != nil {
+		return nil, err
+	}
+	c := w.cluster(req.GetName())
+	if c == nil {
+		w.done(false)
+		return nil, grpcErr(codes.NotFound, "Not found: "+req.GetName())
+	}
+	if c.deleting || time.Now().Before(c.readyAt) {
+		w.done(false)
+		return nil, grpcErr(codes.FailedPrecondition, "Cluster is running incompatible operation")
+	}
+	if m := req.GetUpdate().GetDesiredMasterAuthorizedNetworksConfig(); m != nil {
+		c.c.MasterAuthorizedNetworksConfig = proto.Clone(m).(*containerpb.MasterAuthorizedNetworksConfig)
+	}
+	c.readyAt = time.Now().Add(w.latency["op"]) // busy while GKE reconfigures the control plane
+	return &containerpb.Operation{Name: "operation-update"}, w.done(true)
 }
 
 func (f *fakeGKE) busy(p *fpool) error {
@@ -786,6 +856,59 @@ func (f *fakeIAM) ListServiceAccounts(_ context.Context, req *adminpb.ListServic
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].GetEmail() < out[j].GetEmail() })
 	return out, nil
+}
+
+// fakeProjects: the project's IAM policy, as Resource Manager v3 serves it over REST (googleapi errors).
+type fakeProjects world
+
+func (f *fakeProjects) w() *world { return (*world)(f) }
+
+func cloneProjectPolicy(p *crm.Policy) *crm.Policy {
+	b, err := json.Marshal(p)
+	if err != nil {
+		panic(err)
+	}
+	out := &crm.Policy{}
+	if err := json.Unmarshal(b, out); err != nil {
+		panic(err)
+	}
+	return out
+}
+
+func (f *fakeProjects) ProjectPolicy(_ context.Context, project string) (*crm.Policy, error) {
+	w := f.w()
+	if err := w.call("projects:ProjectPolicy", project); err != nil {
+		return nil, err
+	}
+	defer w.done(false)
+	if project != w.project {
+		return nil, httpErr(403, "forbidden", "The caller does not have permission")
+	}
+	return cloneProjectPolicy(w.policy), nil
+}
+
+func (f *fakeProjects) SetProjectPolicy(_ context.Context, project string, p *crm.Policy) error {
+	w := f.w()
+	if err := w.call("projects:SetProjectPolicy", cloneProjectPolicy(p)); err != nil {
+		return err
+	}
+	if p.Etag != w.policy.Etag {
+		w.done(false)
+		return httpErr(409, "aborted", "There were concurrent policy changes. Please retry the whole read-modify-write with exponential backoff.")
+	}
+	// IAM refuses a binding of a service account of the project that does not exist (yet).
+	for _, b := range p.Bindings {
+		for _, m := range b.Members {
+			if email, ok := strings.CutPrefix(m, "serviceAccount:"); ok && strings.HasSuffix(email, "@"+w.project+".iam.gserviceaccount.com") &&
+				w.sas[email] == nil && !strings.HasPrefix(email, "other@") {
+				w.done(false)
+				return httpErr(400, "badRequest", "Service account "+email+" does not exist.")
+			}
+		}
+	}
+	w.policy = cloneProjectPolicy(p)
+	w.policy.Etag = fmt.Sprintf("BwY%d", len(w.requests))
+	return w.done(true)
 }
 
 // fakeStorage: buckets, for the fake-time tests only (gcs_test.go runs the bucket steps on fake-gcs-server).

@@ -21,6 +21,7 @@ import (
 	"cloud.google.com/go/iam/admin/apiv1/adminpb"
 	"cloud.google.com/go/iam/apiv1/iampb"
 	"cloud.google.com/go/storage"
+	crm "google.golang.org/api/cloudresourcemanager/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
@@ -64,6 +65,17 @@ func destroy(t testing.TB, w *world) (plan.Report, error) {
 		t.Fatal(err)
 	}
 	return run(w, rev, 8)
+}
+
+func stepNamed(t testing.TB, steps []plan.Step, name string) plan.Step {
+	t.Helper()
+	for _, s := range steps {
+		if s.Name() == name {
+			return s
+		}
+	}
+	t.Fatalf("no step %s", name)
+	return nil
 }
 
 func one[T any](t *testing.T, w *world, op string) T {
@@ -141,6 +153,44 @@ func TestInstallMakesTheExactRequestsAndRerunChangesNothing(t *testing.T) {
 			np.GetConfig().GetResourceLabels()[cloud.OwnerLabel] != testCluster {
 			t.Errorf("node pool %v", np)
 		}
+		// The nodes run as their own service account, not the Compute Engine default one; its roles bound
+		// what the cloud-platform scope allows.
+		if np.GetConfig().GetServiceAccount() != "opstrace-prod-nodes@acme-prod.iam.gserviceaccount.com" ||
+			!slices.Equal(np.GetConfig().GetOauthScopes(), []string{"https://www.googleapis.com/auth/cloud-platform"}) {
+			t.Errorf("node pool identity: service account %q, scopes %v", np.GetConfig().GetServiceAccount(), np.GetConfig().GetOauthScopes())
+		}
+		// gcp.api_authorized_ip_ranges by default: [0.0.0.0/0], GKE's restriction off.
+		if m := c.GetMasterAuthorizedNetworksConfig(); m == nil || m.GetEnabled() || len(m.GetCidrBlocks()) != 0 {
+			t.Errorf("authorized networks %v, want disabled", m)
+		}
+		ops := w.ops()
+		if slices.Index(ops, "projects:SetProjectPolicy") < 0 || slices.Index(ops, "projects:SetProjectPolicy") > slices.Index(ops, "gke:CreateCluster") {
+			t.Errorf("the nodes' roles are not granted before the cluster is created: %v", ops)
+		}
+		nodesSA := inputs[*adminpb.CreateServiceAccountRequest](w, "iam:CreateServiceAccount")
+		for _, in := range nodesSA {
+			if in.GetAccountId() == "opstrace-prod-nodes" && (in.GetServiceAccount().GetDisplayName() != "Opstrace prod nodes" || in.GetServiceAccount().GetDescription() != mark) {
+				t.Errorf("nodes' service account %v", in)
+			}
+		}
+		// One project policy write: the role added for the nodes' account, the other bindings (the
+		// conditional one included, same role) kept as they were, with the read policy's etag and version.
+		pp := one[*crm.Policy](t, w, "projects:SetProjectPolicy")
+		var pb []string
+		for _, b := range pp.Bindings {
+			cond := ""
+			if b.Condition != nil {
+				cond = " if " + b.Condition.Expression
+			}
+			pb = append(pb, b.Role+"="+strings.Join(b.Members, ",")+cond)
+		}
+		if pp.Etag != "BwY1" || pp.Version != 3 || !slices.Equal(pb, []string{
+			"roles/owner=user:ops@acme.example",
+			"roles/container.defaultNodeServiceAccount=serviceAccount:other@acme-prod.iam.gserviceaccount.com if request.time.getDayOfWeek() < 5",
+			"roles/container.defaultNodeServiceAccount=serviceAccount:opstrace-prod-nodes@acme-prod.iam.gserviceaccount.com",
+		}) {
+			t.Errorf("project policy written: etag %q version %d bindings %q", pp.Etag, pp.Version, pb)
+		}
 
 		// Workload identity: each service account is usable only by its Kubernetes service account, and
 		// may only use its own bucket.
@@ -152,7 +202,7 @@ func TestInstallMakesTheExactRequestsAndRerunChangesNothing(t *testing.T) {
 			}
 		}
 		slices.Sort(accounts)
-		if !slices.Equal(accounts, []string{"opstrace-prod-cortex", "opstrace-prod-loki"}) {
+		if !slices.Equal(accounts, []string{"opstrace-prod-cortex", "opstrace-prod-loki", "opstrace-prod-nodes"}) {
 			t.Errorf("service accounts %v", accounts)
 		}
 		bindings := map[string]string{}
@@ -441,8 +491,19 @@ func TestUntaggedLookAlikesAreNeverTouched(t *testing.T) {
 			}
 		}
 		for _, op := range w.ops() {
-			if isMutation(op) && (strings.Contains(op, "Network") || strings.Contains(op, "ServiceAccount")) {
+			if isMutation(op) && strings.Contains(op, "Network") {
 				t.Errorf("%s called with look-alikes present", op)
+			}
+		}
+		// The nodes' account (no look-alike here) may come and go; the Loki look-alike is never touched.
+		for _, in := range inputs[*adminpb.CreateServiceAccountRequest](w, "iam:CreateServiceAccount") {
+			if in.GetAccountId() == "opstrace-prod-loki" {
+				t.Errorf("CreateServiceAccount of the look-alike: %v", in)
+			}
+		}
+		for _, in := range inputs[*adminpb.DeleteServiceAccountRequest](w, "iam:DeleteServiceAccount") {
+			if strings.Contains(in.GetName(), "opstrace-prod-loki@") {
+				t.Errorf("DeleteServiceAccount of the look-alike: %v", in)
 			}
 		}
 	})
@@ -483,7 +544,7 @@ func TestDestroyAPartialInstallThenSweep(t *testing.T) {
 		if len(sweep.Left) != 0 || len(sweep.Removed) != 1 || sweep.Removed[0] != (cloud.Resource{Kind: kindRouter, ID: "opstrace-prod-stray"}) {
 			t.Errorf("sweep: %s", sweep)
 		}
-		if got := w.inventory(); !slices.Equal(got, []string{`router other-router "opstrace-io-cluster=staging" nats=0`}) {
+		if got := w.inventory(); !slices.Equal(got, withOthers(`router other-router "opstrace-io-cluster=staging" nats=0`)) {
 			t.Errorf("after destroy and sweep: %q, want only the other cluster's router", got)
 		}
 		t.Logf("partial install of %d resources: steps deleted %v; %s", before, deleted, sweep)
@@ -502,8 +563,8 @@ func TestDestroyRemovesEverything(t *testing.T) {
 		if _, err := destroy(t, w); err != nil {
 			t.Fatal(err)
 		}
-		if got := w.inventory(); len(got) != 0 {
-			t.Errorf("left after destroy: %q", got)
+		if got := w.inventory(); !slices.Equal(got, othersBindings) {
+			t.Errorf("left after destroy: %q, want only the project's other bindings", got)
 		}
 		if n := len(inputs[*containerpb.DeleteClusterRequest](w, "gke:DeleteCluster")); n != 1 {
 			t.Errorf("%d DeleteCluster requests", n)
@@ -535,7 +596,7 @@ func TestListFindsClustersByLabel(t *testing.T) {
 		for _, r := range summary[0].Resources {
 			kinds[r.Kind]++
 		}
-		want := map[string]int{kindCluster: 1, kindRouter: 1, kindSubnet: 1, kindNetwork: 1, kindServiceAccount: 2, kindBucket: 2}
+		want := map[string]int{kindCluster: 1, kindRouter: 1, kindSubnet: 1, kindNetwork: 1, kindServiceAccount: 3, kindBucket: 2}
 		if fmt.Sprint(kinds) != fmt.Sprint(want) {
 			t.Errorf("prod's resources %v, want %v", kinds, want)
 		}

@@ -361,7 +361,7 @@ func TestBucketGrantKeepsExistingBindings(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.clusters[testCluster] = &fcluster{c: clusterForPool("acme-prod"), pools: map[string]*fpool{}} // the pool exists
-	step := Steps(c, testCluster, testConfig(t, 3))[7].(*identityStep)
+	step := stepNamed(t, Steps(c, testCluster, testConfig(t, 3)), "gcp/cortex-identity").(*identityStep)
 	rep, err := plan.Run(ctx, []plan.Step{stepOnly{step}}, fastRetries)
 	if err != nil || rep.Steps[0].Action != plan.Create {
 		t.Fatalf("identity: %s %v", actions(rep), err)

@@ -3,11 +3,13 @@ package gcp
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"cloud.google.com/go/container/apiv1/containerpb"
 
 	"github.com/opstrace/opstrace/internal/installer/cloud"
+	"github.com/opstrace/opstrace/internal/installer/config"
 	"github.com/opstrace/opstrace/internal/installer/plan"
 )
 
@@ -35,7 +37,8 @@ func (c *Clients) nodePoolPath(cluster string) string {
 
 // clusterStep is the GKE control plane: regional, VPC-native on the subnet's secondary ranges, private
 // nodes (no public addresses; egress through the NAT), a public control plane endpoint (credentials
-// still required), workload identity. The GKE cluster has the Opstrace cluster's name. It is created
+// still required) reachable from gcp.api_authorized_ip_ranges only (GKE's authorized networks; any address
+// by default), workload identity. The GKE cluster has the Opstrace cluster's name. It is created
 // with its node pool, in one operation: GKE cannot create a cluster without nodes, and a throwaway
 // default pool would cost a second operation of several minutes on the critical path.
 type clusterStep struct {
@@ -44,15 +47,71 @@ type clusterStep struct {
 	version     string
 	machineType string
 	nodeCount   int
+	authorized  []string // gcp.api_authorized_ip_ranges
 }
 
 type clusterState struct {
 	Status  containerpb.Cluster_Status
 	Message string
+	// Authorized are the CIDRs that may reach the control plane, as authorizedRanges reads them.
+	Authorized []string
 }
 
-func (s *clusterStep) Name() string        { return "gcp/gke-cluster" }
-func (s *clusterStep) DependsOn() []string { return []string{"gcp/subnet", "gcp/router"} }
+// clusterUpdate is what an Update of the cluster step does besides waiting until it runs.
+type clusterUpdate struct {
+	Authorized bool // set the authorized networks
+}
+
+func (s *clusterStep) Name() string { return "gcp/gke-cluster" }
+func (s *clusterStep) DependsOn() []string {
+	return []string{"gcp/subnet", "gcp/router", "gcp/node-identity"}
+}
+
+// anyAddress is gcp.api_authorized_ip_ranges when the control plane is open to every address.
+var anyAddress = []string{config.DefaultAuthorizedIPRange}
+
+// authorizedNetworks is the GKE setting of gcp.api_authorized_ip_ranges: [0.0.0.0/0] alone disables the
+// restriction (what GKE does when the setting is absent) rather than listing every address.
+func authorizedNetworks(ranges []string) *containerpb.MasterAuthorizedNetworksConfig {
+	if slices.Equal(ranges, anyAddress) {
+		return &containerpb.MasterAuthorizedNetworksConfig{Enabled: false}
+	}
+	cfg := &containerpb.MasterAuthorizedNetworksConfig{Enabled: true}
+	for _, r := range ranges {
+		cfg.CidrBlocks = append(cfg.CidrBlocks, &containerpb.MasterAuthorizedNetworksConfig_CidrBlock{CidrBlock: r})
+	}
+	return cfg
+}
+
+// authorizedRanges reads a cluster's authorized networks as a sorted list of CIDRs, [0.0.0.0/0] when the
+// restriction is off: comparable with sortedRanges of the config.
+func authorizedRanges(cfg *containerpb.MasterAuthorizedNetworksConfig) []string {
+	if !cfg.GetEnabled() {
+		return anyAddress
+	}
+	out := []string{}
+	for _, b := range cfg.GetCidrBlocks() {
+		out = append(out, b.GetCidrBlock())
+	}
+	slices.Sort(out)
+	return out
+}
+
+func sortedRanges(ranges []string) []string {
+	out := slices.Clone(ranges)
+	slices.Sort(out)
+	return out
+}
+
+func describeRanges(ranges []string) string {
+	if slices.Equal(ranges, anyAddress) {
+		return "any address (0.0.0.0/0)"
+	}
+	if len(ranges) == 0 {
+		return "no address"
+	}
+	return strings.Join(ranges, ", ")
+}
 
 func (s *clusterStep) Observe(ctx context.Context) (plan.Observation, error) {
 	gc, err := s.c.GKE.GetCluster(ctx, &containerpb.GetClusterRequest{Name: s.c.clusterPath(s.cluster)})
@@ -65,7 +124,8 @@ func (s *clusterStep) Observe(ctx context.Context) (plan.Observation, error) {
 	if gc.GetResourceLabels()[cloud.OwnerLabel] != s.cluster {
 		return plan.Observation{}, plan.NotOwnedError("GKE cluster "+s.cluster, "GKE cluster "+s.cluster, cloud.OwnerLabel+"="+s.cluster)
 	}
-	return plan.Observation{Exists: true, ID: gc.GetSelfLink(), Detail: clusterState{Status: gc.GetStatus(), Message: gc.GetStatusMessage()}}, nil
+	return plan.Observation{Exists: true, ID: gc.GetSelfLink(), Detail: clusterState{Status: gc.GetStatus(), Message: gc.GetStatusMessage(),
+		Authorized: authorizedRanges(gc.GetMasterAuthorizedNetworksConfig())}}, nil
 }
 
 func (s *clusterStep) Plan(obs plan.Observation) plan.Change {
@@ -73,14 +133,24 @@ func (s *clusterStep) Plan(obs plan.Observation) plan.Change {
 		return plan.Change{Action: plan.Create, Diff: []string{
 			fmt.Sprintf("GKE cluster %s, Kubernetes %s, regional in %s (about 8 minutes)", s.cluster, s.version, s.c.Region),
 			"private nodes, control plane " + controlPlaneCIDR + ", workload identity pool " + WorkloadPool(s.c.Project),
-			nodePoolDiff(s.machineType, s.nodeCount),
+			"Kubernetes API reachable from " + describeRanges(sortedRanges(s.authorized)),
+			nodePoolDiff(s.machineType, s.nodeCount) + ", as " + NodeServiceAccountEmail(s.c.Project, s.cluster),
 		}}
 	}
 	st := obs.Detail.(clusterState)
+	var up clusterUpdate
+	var diff []string
 	if st.Status == containerpb.Cluster_PROVISIONING || st.Status == containerpb.Cluster_RECONCILING {
-		return plan.Change{Action: plan.Update, Diff: []string{"GKE cluster " + s.cluster + ": wait until RUNNING (now " + st.Status.String() + ")"}}
+		diff = append(diff, "GKE cluster "+s.cluster+": wait until RUNNING (now "+st.Status.String()+")")
 	}
-	return plan.NoChange()
+	if want := sortedRanges(s.authorized); !slices.Equal(st.Authorized, want) {
+		up.Authorized = true
+		diff = append(diff, "Kubernetes API reachable from: "+describeRanges(st.Authorized)+" → "+describeRanges(want)+" (gcp.api_authorized_ip_ranges)")
+	}
+	if len(diff) == 0 {
+		return plan.NoChange()
+	}
+	return plan.Change{Action: plan.Update, Desired: up, Diff: diff}
 }
 
 func nodePoolDiff(machineType string, nodeCount int) string {
@@ -97,8 +167,10 @@ func (s *clusterStep) PlanDestroy(obs plan.Observation) plan.Change {
 }
 
 // nodePool is the node pool as created: a fixed size per zone (the autoscaler pinned to it, so that the
-// size is observable and GKE keeps it), nodes using workload identity rather than the node's account.
-func nodePool(cluster, machineType string, nodeCount int) *containerpb.NodePool {
+// size is observable and GKE keeps it), nodes running as the cluster's node service account (serviceAccount,
+// an email; its roles, not the cloud-platform scope, bound what it may do), pods using workload identity
+// rather than the node's account.
+func nodePool(cluster, serviceAccount, machineType string, nodeCount int) *containerpb.NodePool {
 	per := nodesPerZone(nodeCount)
 	return &containerpb.NodePool{
 		Name:             NodePoolName,
@@ -106,7 +178,8 @@ func nodePool(cluster, machineType string, nodeCount int) *containerpb.NodePool 
 		Config: &containerpb.NodeConfig{
 			MachineType:            machineType,
 			DiskSizeGb:             100,
-			OauthScopes:            []string{"https://www.googleapis.com/auth/cloud-platform"},
+			ServiceAccount:         serviceAccount,
+			OauthScopes:            []string{cloudPlatformScope},
 			WorkloadMetadataConfig: &containerpb.WorkloadMetadataConfig{Mode: containerpb.WorkloadMetadataConfig_GKE_METADATA},
 			ResourceLabels:         ownerLabels(cluster),
 		},
@@ -128,14 +201,30 @@ func (s *clusterStep) Apply(ctx context.Context, c plan.Change) error {
 			Subnetwork:            subnetName(s.cluster),
 			IpAllocationPolicy: &containerpb.IPAllocationPolicy{UseIpAliases: true,
 				ClusterSecondaryRangeName: podsRange, ServicesSecondaryRangeName: servicesRange},
-			PrivateClusterConfig:   &containerpb.PrivateClusterConfig{EnablePrivateNodes: true, MasterIpv4CidrBlock: controlPlaneCIDR},
-			WorkloadIdentityConfig: &containerpb.WorkloadIdentityConfig{WorkloadPool: WorkloadPool(s.c.Project)},
-			NodePools:              []*containerpb.NodePool{nodePool(s.cluster, s.machineType, s.nodeCount)},
+			PrivateClusterConfig:           &containerpb.PrivateClusterConfig{EnablePrivateNodes: true, MasterIpv4CidrBlock: controlPlaneCIDR},
+			WorkloadIdentityConfig:         &containerpb.WorkloadIdentityConfig{WorkloadPool: WorkloadPool(s.c.Project)},
+			MasterAuthorizedNetworksConfig: authorizedNetworks(s.authorized),
+			NodePools: []*containerpb.NodePool{nodePool(s.cluster, NodeServiceAccountEmail(s.c.Project, s.cluster),
+				s.machineType, s.nodeCount)},
 		}})
 		if err != nil {
 			return classify("create GKE cluster "+s.cluster, "container.clusters.create", err)
 		}
 	}
+	if c.Action == plan.Update && c.Desired.(clusterUpdate).Authorized {
+		// GKE refuses an update while another operation runs (Conflict, retried from Observe): wait first.
+		if err := s.waitRunning(ctx); err != nil {
+			return err
+		}
+		if _, err := s.c.GKE.UpdateCluster(ctx, &containerpb.UpdateClusterRequest{Name: s.c.clusterPath(s.cluster),
+			Update: &containerpb.ClusterUpdate{DesiredMasterAuthorizedNetworksConfig: authorizedNetworks(s.authorized)}}); err != nil {
+			return classify("set the authorized networks of GKE cluster "+s.cluster, "container.clusters.update", err)
+		}
+	}
+	return s.waitRunning(ctx)
+}
+
+func (s *clusterStep) waitRunning(ctx context.Context) error {
 	return wait(ctx, s.c.poll(), "GKE cluster "+s.cluster+" to be RUNNING", func() (bool, error) {
 		gc, err := s.c.GKE.GetCluster(ctx, &containerpb.GetClusterRequest{Name: s.c.clusterPath(s.cluster)})
 		if err != nil {
@@ -201,7 +290,7 @@ type nodePoolState struct {
 }
 
 func (s *nodePoolStep) Name() string        { return "gcp/node-pool" }
-func (s *nodePoolStep) DependsOn() []string { return []string{"gcp/gke-cluster"} }
+func (s *nodePoolStep) DependsOn() []string { return []string{"gcp/gke-cluster", "gcp/node-identity"} }
 
 func (s *nodePoolStep) Observe(ctx context.Context) (plan.Observation, error) {
 	np, err := s.c.GKE.GetNodePool(ctx, &containerpb.GetNodePoolRequest{Name: s.c.nodePoolPath(s.cluster)})
@@ -244,7 +333,7 @@ func (s *nodePoolStep) Apply(ctx context.Context, c plan.Change) error {
 	per := nodesPerZone(s.nodeCount)
 	if c.Action == plan.Create {
 		if _, err := s.c.GKE.CreateNodePool(ctx, &containerpb.CreateNodePoolRequest{Parent: s.c.clusterPath(s.cluster),
-			NodePool: nodePool(s.cluster, s.machineType, s.nodeCount)}); err != nil {
+			NodePool: nodePool(s.cluster, NodeServiceAccountEmail(s.c.Project, s.cluster), s.machineType, s.nodeCount)}); err != nil {
 			return classify("create GKE node pool", "container.nodes.create", err)
 		}
 		return s.waitRunning(ctx, path)

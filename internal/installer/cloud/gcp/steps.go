@@ -35,7 +35,9 @@ func Steps(c *Clients, cluster string, cfg config.Config) []plan.Step {
 		&networkStep{c: c, cluster: cluster},
 		&subnetStep{c: c, cluster: cluster},
 		&routerStep{c: c, cluster: cluster},
-		&clusterStep{c: c, cluster: cluster, version: cfg.KubernetesVersion, machineType: cfg.GCP.MachineType, nodeCount: cfg.NodeCount},
+		&nodeIdentityStep{c: c, cluster: cluster},
+		&clusterStep{c: c, cluster: cluster, version: cfg.KubernetesVersion, machineType: cfg.GCP.MachineType, nodeCount: cfg.NodeCount,
+			authorized: apiRanges(cfg.GCP)},
 		&nodePoolStep{c: c, cluster: cluster, machineType: cfg.GCP.MachineType, nodeCount: cfg.NodeCount},
 		&identityStep{c: c, cluster: cluster, step: "gcp/cortex-identity", role: RoleCortex, namespace: WorkloadNamespace,
 			ksa:   manifests.CortexServiceAccountName(cluster),
@@ -45,6 +47,15 @@ func Steps(c *Clients, cluster string, cfg config.Config) []plan.Step {
 			grant: bucketGrant{storage: c.Storage, bucket: cloud.BucketName(cluster, cloud.BucketLogs), step: "gcp/bucket-logs"}},
 	}
 	return append(steps, dnsSteps(c, cluster, cfg)...)
+}
+
+// apiRanges is gcp.api_authorized_ip_ranges; a config not made by config.Parse (which fills the default)
+// may lack it, and means the default then.
+func apiRanges(g *config.GCP) []string {
+	if len(g.APIAuthorizedIPRanges) == 0 {
+		return anyAddress
+	}
+	return g.APIAuthorizedIPRanges
 }
 
 // KubeAccess is what a kubeconfig for the GKE cluster needs.
@@ -189,6 +200,11 @@ func deleteResource(ctx context.Context, c *Clients, cluster string, r cloud.Res
 	case kindNetwork:
 		return deleteNetwork(ctx, c, r.ID)
 	case kindServiceAccount:
+		// The nodes' account holds project roles: removed first, so that the project keeps no binding of a
+		// deleted account (the workloads' accounts hold none, and nothing is written for them).
+		if err := removeFromProject(ctx, c, "serviceAccount:"+r.ID); err != nil {
+			return err
+		}
 		return deleteServiceAccount(ctx, c, serviceAccountPath(c.Project, r.ID))
 	case kindBucket:
 		return deleteBucket(ctx, c.Storage, r.ID)
