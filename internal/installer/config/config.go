@@ -37,6 +37,10 @@
 //	  instance_type:                by size: demo t3.large, small m5.xlarge, medium m5.2xlarge
 //	  zone_suffixes:                [a, b, c]     2..6 single letters; zones are region + suffix
 //	  eks_admin_roles:              []            IAM role ARNs given cluster-admin on EKS
+//	  api_authorized_ip_ranges:     [0.0.0.0/0]   IPv4 CIDRs (at most 40) allowed to reach the EKS public
+//	                                              endpoint (publicAccessCidrs; credentials still required);
+//	                                              the nodes use the private endpoint. As gcp's below: a
+//	                                              list must include the installer's egress address
 //	gcp:                            (only with `opstrace create gcp`; required there, for project)
 //	  project:                      (required)    GCP project ID
 //	  region:                       us-west2
@@ -126,6 +130,8 @@ type AWS struct {
 	InstanceType  string   `yaml:"instance_type"`
 	ZoneSuffixes  []string `yaml:"zone_suffixes"`
 	EKSAdminRoles []string `yaml:"eks_admin_roles"`
+	// APIAuthorizedIPRanges are the CIDRs that may reach the EKS public endpoint (publicAccessCidrs).
+	APIAuthorizedIPRanges []string `yaml:"api_authorized_ip_ranges"`
 }
 
 // GCP holds the settings used only by `opstrace create gcp`.
@@ -168,6 +174,10 @@ const (
 // public endpoint.
 const MaxGKEAuthorizedNetworks = 50
 
+// MaxEKSPublicAccessCIDRs is how many CIDRs EKS accepts as the public endpoint's publicAccessCidrs (its
+// default quota).
+const MaxEKSPublicAccessCIDRs = 40
+
 // DefaultAWSZoneSuffixes are the zones used in the region when aws.zone_suffixes is absent.
 var DefaultAWSZoneSuffixes = []string{"a", "b", "c"}
 
@@ -202,10 +212,11 @@ func Defaults(provider string) Config {
 	switch provider {
 	case ProviderAWS:
 		c.AWS = &AWS{
-			Region:        DefaultAWSRegion,
-			InstanceType:  AWSInstanceTypes[DefaultSize],
-			ZoneSuffixes:  append([]string(nil), DefaultAWSZoneSuffixes...),
-			EKSAdminRoles: []string{},
+			Region:                DefaultAWSRegion,
+			InstanceType:          AWSInstanceTypes[DefaultSize],
+			ZoneSuffixes:          append([]string(nil), DefaultAWSZoneSuffixes...),
+			EKSAdminRoles:         []string{},
+			APIAuthorizedIPRanges: []string{DefaultAuthorizedIPRange},
 		}
 	case ProviderGCP:
 		c.GCP = &GCP{Region: DefaultGCPRegion, MachineType: GCPMachineTypes[DefaultSize],
@@ -268,6 +279,9 @@ func applyDefaults(c *Config, provider string, set keys) {
 		}
 		if !set.has("aws.eks_admin_roles") {
 			c.AWS.EKSAdminRoles = d.AWS.EKSAdminRoles
+		}
+		if !set.has("aws.api_authorized_ip_ranges") {
+			c.AWS.APIAuthorizedIPRanges = d.AWS.APIAuthorizedIPRanges
 		}
 	}
 	if c.GCP != nil && provider == ProviderGCP {

@@ -20,7 +20,7 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"only a comment", ProviderAWS, "# nothing\n", "", "is empty"},
 		{"not a mapping", ProviderAWS, "- a\n- b\n", "", "must be a mapping"},
 		{"unknown top-level key", ProviderAWS, "tenants: [prod]\nnodes: 3\n", "nodes", `unknown key "nodes"; allowed: keys aws, cert_issuer`},
-		{"unknown nested key", ProviderAWS, "aws:\n  region: us-east-1\n  zones: [a, b]\n", "aws.zones", `unknown key "zones"; allowed: keys eks_admin_roles, instance_type, region, zone_suffixes`},
+		{"unknown nested key", ProviderAWS, "aws:\n  region: us-east-1\n  zones: [a, b]\n", "aws.zones", `unknown key "zones"; allowed: keys api_authorized_ip_ranges, eks_admin_roles, instance_type, region, zone_suffixes`},
 		{"repeated key", ProviderAWS, "size: small\nsize: demo\n", "size", "appears more than once"},
 		{"node_count wrong type", ProviderAWS, "node_count: three\n", "node_count", `must be an integer, got the string "three"`},
 		{"node_count float", ProviderAWS, "node_count: 2.5\n", "node_count", "must be an integer, got the number 2.5"},
@@ -53,6 +53,14 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"gcp section missing", ProviderGCP, "tenants: [prod]\n", "gcp.project", "is required"},
 		{"bad gcp project", ProviderGCP, "gcp:\n  project: My_Project\n", "gcp.project", `invalid value "My_Project"`},
 		{"bad gcp region", ProviderGCP, "gcp:\n  project: my-project\n  region: us-west-2\n", "gcp.region", "a GCP region like us-west2"},
+		{"eks api range IPv6", ProviderAWS, "aws:\n  api_authorized_ip_ranges: [203.0.113.0/24, \"2001:db8::/32\"]\n",
+			"aws.api_authorized_ip_ranges[1]", `CIDR "2001:db8::/32" is IPv6; allowed: an IPv4 CIDR like 203.0.113.0/24: the EKS clusters opstrace makes are IPv4 clusters`},
+		{"eks api range host bits", ProviderAWS, "aws:\n  api_authorized_ip_ranges: [10.1.2.3/8]\n",
+			"aws.api_authorized_ip_ranges[0]", "has bits set after the prefix length; allowed: the network address: 10.0.0.0/8"},
+		{"eks api ranges too many", ProviderAWS, "aws:\n  api_authorized_ip_ranges: [" + manyCIDRs(41) + "]\n",
+			"aws.api_authorized_ip_ranges", "has 41 items, more than 40"},
+		{"eks api ranges empty", ProviderAWS, "aws:\n  api_authorized_ip_ranges: []\n",
+			"aws.api_authorized_ip_ranges", "needs at least 1 item(s), got 0; allowed: 1 to 40 IPv4 CIDRs that may reach the Kubernetes API"},
 		{"gke api range bad CIDR", ProviderGCP, "gcp:\n  project: my-project\n  api_authorized_ip_ranges: [203.0.113.0/24, 203.0.113.7]\n",
 			"gcp.api_authorized_ip_ranges[1]", `invalid CIDR "203.0.113.7"; allowed: an IPv4 CIDR like 203.0.113.0/24`},
 		{"gke api range host bits", ProviderGCP, "gcp:\n  project: my-project\n  api_authorized_ip_ranges: [198.51.100.7/24]\n",
@@ -153,6 +161,9 @@ func TestParseAppliesDefaults(t *testing.T) {
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("got %+v\nwant %+v", got, want)
 		}
+		if !reflect.DeepEqual(got.AWS.APIAuthorizedIPRanges, []string{"0.0.0.0/0"}) {
+			t.Errorf("default aws.api_authorized_ip_ranges %v", got.AWS.APIAuthorizedIPRanges)
+		}
 		if got.Provider() != ProviderAWS || got.CertIssuer != CertIssuerSelfSigned || got.AWS.InstanceType != "m5.xlarge" {
 			t.Errorf("defaults: provider %q, cert_issuer %q, instance_type %q", got.Provider(), got.CertIssuer, got.AWS.InstanceType)
 		}
@@ -218,6 +229,7 @@ func TestRenderRoundTrips(t *testing.T) {
 	for _, tc := range []struct{ provider, file string }{
 		{ProviderAWS, "tenants: [prod]\n"},
 		{ProviderAWS, "dns:\n  domain: o.example.com\naws:\n  eks_admin_roles: ['arn:aws:iam::123456789012:role/a']\n"},
+		{ProviderAWS, "aws:\n  api_authorized_ip_ranges: [203.0.113.0/24]\n"},
 		{ProviderGCP, "size: demo\ngcp:\n  project: my-project\n"},
 		{ProviderGCP, "gcp:\n  project: my-project\n  api_authorized_ip_ranges: [203.0.113.0/24, 198.51.100.7/32]\n"},
 	} {

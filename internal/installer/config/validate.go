@@ -80,16 +80,17 @@ func (v *validator) list(path string, items []string, minLen, maxLen int, allowe
 	}
 }
 
-// cidr checks one CIDR of an authorized-ranges list; ipv4Only for the lists the cloud accepts only IPv4 in.
-func (v *validator) cidr(path, cidr string, ipv4Only bool) {
+// cidr checks one CIDR of an authorized-ranges list. ipv4Only, when not empty, says why the list takes
+// IPv4 CIDRs only (the cloud's rule).
+func (v *validator) cidr(path, cidr, ipv4Only string) {
 	prefix, err := netip.ParsePrefix(cidr)
 	switch {
-	case err != nil && ipv4Only:
+	case err != nil && ipv4Only != "":
 		v.add(path, fmt.Sprintf("invalid CIDR %q", cidr), "an IPv4 CIDR like 203.0.113.0/24")
 	case err != nil:
 		v.add(path, fmt.Sprintf("invalid CIDR %q", cidr), "an IPv4 or IPv6 CIDR like 203.0.113.0/24")
-	case ipv4Only && !prefix.Addr().Is4():
-		v.add(path, fmt.Sprintf("CIDR %q is IPv6", cidr), "an IPv4 CIDR like 203.0.113.0/24: GKE authorized networks are IPv4 only")
+	case ipv4Only != "" && !prefix.Addr().Is4():
+		v.add(path, fmt.Sprintf("CIDR %q is IPv6", cidr), "an IPv4 CIDR like 203.0.113.0/24: "+ipv4Only)
 	case prefix.Masked() != prefix:
 		v.add(path, fmt.Sprintf("CIDR %q has bits set after the prefix length", cidr),
 			fmt.Sprintf("the network address: %s", prefix.Masked()))
@@ -127,7 +128,7 @@ func validate(c Config, provider string, set keys) ErrorList {
 		validateDNS(v, c.DNS, provider)
 	}
 	v.list("data_api_authorized_ip_ranges", c.DataAPIAuthorizedIPRanges, 1, 0,
-		"CIDRs, e.g. [203.0.113.0/24]; use [0.0.0.0/0] to allow any address", func(p, cidr string) { v.cidr(p, cidr, false) })
+		"CIDRs, e.g. [203.0.113.0/24]; use [0.0.0.0/0] to allow any address", func(p, cidr string) { v.cidr(p, cidr, "") })
 	const imageAllowed = "an image reference like registry.example.com/opstrace/opstrace-controller:v1.2.3"
 	v.match("controller_image", c.ControllerImage, imageRef, imageAllowed)
 	v.match("gateway_image", c.GatewayImage, imageRef, imageAllowed)
@@ -216,6 +217,8 @@ func validateAWS(v *validator, a AWS, set keys) {
 	v.list("aws.eks_admin_roles", a.EKSAdminRoles, 0, 0, "IAM role ARNs", func(p, arn string) {
 		v.match(p, arn, iamRoleARN, "an IAM role ARN like arn:aws:iam::123456789012:role/admin")
 	})
+	apiRanges(v, "aws.api_authorized_ip_ranges", a.APIAuthorizedIPRanges, MaxEKSPublicAccessCIDRs,
+		"the EKS clusters opstrace makes are IPv4 clusters, whose public endpoint takes IPv4 CIDRs only")
 }
 
 func validateGCP(v *validator, g GCP, set keys) {
@@ -225,9 +228,14 @@ func validateGCP(v *validator, g GCP, set keys) {
 	if g.MachineType != "" || set.has("gcp.machine_type") {
 		v.match("gcp.machine_type", g.MachineType, gcpMachineType, "a Compute Engine machine type like n2-standard-4")
 	}
-	v.list("gcp.api_authorized_ip_ranges", g.APIAuthorizedIPRanges, 1, MaxGKEAuthorizedNetworks,
+	apiRanges(v, "gcp.api_authorized_ip_ranges", g.APIAuthorizedIPRanges, MaxGKEAuthorizedNetworks, "GKE authorized networks are IPv4 only")
+}
+
+// apiRanges checks the CIDRs that may reach the Kubernetes API (aws. or gcp.api_authorized_ip_ranges).
+func apiRanges(v *validator, path string, ranges []string, max int, ipv4Only string) {
+	v.list(path, ranges, 1, max,
 		fmt.Sprintf("1 to %d IPv4 CIDRs that may reach the Kubernetes API, e.g. [203.0.113.0/24]; "+
 			"include the egress address of the machine running opstrace (it talks to the API server); "+
-			"use [0.0.0.0/0] to allow any address", MaxGKEAuthorizedNetworks),
-		func(p, cidr string) { v.cidr(p, cidr, true) })
+			"use [0.0.0.0/0] to allow any address", max),
+		func(p, cidr string) { v.cidr(p, cidr, ipv4Only) })
 }
