@@ -31,11 +31,11 @@ type leafCertificate struct {
 }
 
 // clusterCertificates are the leaves of a cluster: the gateway's serving certificate, and the component
-// certificate every Cortex process presents as gRPC server and client and on the gossip port. spec.tls
+// certificate every Cortex and Loki process presents as gRPC server and client and on the gossip port. spec.tls
 // decides who issues both, unless spec.gateway.tls.issuerRef takes the gateway's: then the certificate names
 // only spec.gateway.hostname, because a public issuer (ACME, Let's Encrypt) cannot vouch for *.svc names.
 func clusterCertificates(cluster *v1alpha1.MetricsCluster) []leafCertificate {
-	services, headless := manifests.CortexServices(cluster.Name, cluster.Spec.Topology)
+	services, headless := manifests.ComponentServices(cluster.Name, cluster.Spec.Topology)
 	gateway := leafCertificate{secretName: manifests.GatewayTLSSecretName(cluster.Name),
 		dnsNames: certs.GatewayDNSNames(cluster.Name, cluster.Namespace, cluster.Spec.Gateway.Hostname),
 		issuer:   cluster.Spec.TLS.IssuerRef, field: "spec.tls.issuerRef"}
@@ -48,11 +48,11 @@ func clusterCertificates(cluster *v1alpha1.MetricsCluster) []leafCertificate {
 		issuer:   cluster.Spec.TLS.IssuerRef, field: "spec.tls.issuerRef"}}
 }
 
-// reconcileCertificates keeps the gateway's certificate (Secret <cluster>-gateway-tls) and the Cortex
-// components' (Secret <cluster>-cortex-tls). A leaf with an issuer is a cert-manager Certificate, and
+// reconcileCertificates keeps the gateway's certificate (Secret <cluster>-gateway-tls) and the Cortex and
+// Loki components' (Secret <cluster>-cortex-tls). A leaf with an issuer is a cert-manager Certificate, and
 // cert-manager writes its Secret; the others come from the built-in CA, renewed at 80% of their lifetime
 // and reissued when their names change. It returns when to look again and the component certificate as the
-// Cortex pods mount it.
+// Cortex and Loki pods mount it.
 func (r *MetricsClusterReconciler) reconcileCertificates(ctx context.Context, cluster *v1alpha1.MetricsCluster) (time.Duration, manifests.ComponentTLS, error) {
 	applier := apply.Applier{Client: r.Client, Scheme: r.Scheme}
 	certManager := r.kindExists(certificateKind)
@@ -158,7 +158,7 @@ func (r *MetricsClusterReconciler) deleteOwned(ctx context.Context, cluster *v1a
 	return nil
 }
 
-// componentTLS is the component certificate as the Cortex pods mount it, identified by a hash of the
+// componentTLS is the component certificate as the Cortex and Loki pods mount it, identified by a hash of the
 // certificate and CA in the Secret's data (never of the key; empty while the Secret does not exist yet).
 func componentTLS(data map[string][]byte) manifests.ComponentTLS {
 	tls := manifests.ComponentTLS{Dir: manifests.CortexTLSDir}

@@ -70,7 +70,9 @@ func TestComponentCertificateIsKeptMountedAndRenewedAt80Percent(t *testing.T) {
 	}
 	ns := h.ns
 	component := h.leafOf(secretName, manifests.CASecretName("metrics"), "metrics-all."+ns+".svc")
-	for _, name := range []string{"metrics-all", "metrics-all." + ns + ".svc.cluster.local", "metrics-all-0.metrics-all-headless." + ns + ".svc"} {
+	// Cortex's and Loki's names: Loki's components present the same certificate.
+	for _, name := range []string{"metrics-all", "metrics-all." + ns + ".svc.cluster.local", "metrics-all-0.metrics-all-headless." + ns + ".svc",
+		"metrics-loki." + ns + ".svc", "metrics-loki-0.metrics-loki-headless." + ns + ".svc"} {
 		if err := component.VerifyHostname(name); err != nil {
 			t.Errorf("the component certificate does not cover %s: %v", name, err)
 		}
@@ -78,9 +80,9 @@ func TestComponentCertificateIsKeptMountedAndRenewedAt80Percent(t *testing.T) {
 	gateway := h.leafOf(manifests.GatewayTLSSecretName("metrics"), manifests.CASecretName("metrics"), "metrics-gateway."+ns+".svc")
 
 	// The pods mount the Secret and carry a hash of it, so that a new certificate restarts them.
-	statefulSet := func() (string, *corev1.Volume) {
+	statefulSetOf := func(name string) (string, *corev1.Volume) {
 		var sts appsv1.StatefulSet
-		h.get("metrics-all", &sts)
+		h.get(name, &sts)
 		for i, v := range sts.Spec.Template.Spec.Volumes {
 			if v.Secret != nil && v.Secret.SecretName == secretName {
 				return sts.Spec.Template.Annotations[manifests.TLSHashAnnotation], &sts.Spec.Template.Spec.Volumes[i]
@@ -88,12 +90,17 @@ func TestComponentCertificateIsKeptMountedAndRenewedAt80Percent(t *testing.T) {
 		}
 		return sts.Spec.Template.Annotations[manifests.TLSHashAnnotation], nil
 	}
+	statefulSet := func() (string, *corev1.Volume) { return statefulSetOf("metrics-all") }
 	hash0, volume := statefulSet()
 	if volume == nil || hash0 == "" {
 		t.Fatalf("the StatefulSet mounts no %s (%v) or has no %s annotation (%q)", secretName, volume, manifests.TLSHashAnnotation, hash0)
 	}
 	if hash0 != componentTLS(secret.Data).Hash {
 		t.Fatalf("pod template annotation %s = %q, want the hash of the Secret %q", manifests.TLSHashAnnotation, hash0, componentTLS(secret.Data).Hash)
+	}
+	// Loki's single process mounts the same Secret and carries the same hash.
+	if lokiHash, lokiVolume := statefulSetOf("metrics-loki"); lokiVolume == nil || lokiHash != hash0 {
+		t.Fatalf("the Loki StatefulSet mounts %v with %s %q, want Secret %s and hash %q", lokiVolume, manifests.TLSHashAnnotation, lokiHash, secretName, hash0)
 	}
 
 	// Before 80% of its lifetime nothing is renewed, and the controller comes back at 80%.
@@ -122,6 +129,11 @@ func TestComponentCertificateIsKeptMountedAndRenewedAt80Percent(t *testing.T) {
 	}
 	if hash, _ := statefulSet(); hash == hash0 {
 		t.Fatal("the pods' certificate hash did not change with the certificate: Cortex's clients would keep the old one")
+	}
+	var renewedSecret corev1.Secret
+	h.get(secretName, &renewedSecret)
+	if hash, _ := statefulSetOf("metrics-loki"); hash == hash0 || hash != componentTLS(renewedSecret.Data).Hash {
+		t.Fatalf("the Loki pods' certificate hash is %q after the renewal, want the renewed Secret's: Loki's clients would keep the old certificate", hash)
 	}
 
 	// Once the status has caught up with the restart the new hash started (one more reconcile), a reconcile

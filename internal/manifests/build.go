@@ -144,6 +144,8 @@ func complete(opts BuildOptions) (BuildOptions, error) {
 	if opts.Loki != nil {
 		// A copy: the caller's options keep their nil contents.
 		loki := *opts.Loki
+		// Loki presents the same component certificate as Cortex.
+		loki.TLS = opts.TLS
 		if err := completeLoki(&loki); err != nil {
 			errs = append(errs, err)
 		}

@@ -95,12 +95,18 @@ func CortexServices(cluster string, topology v1alpha1.Topology) (services, headl
 	if topology == v1alpha1.TopologySingle {
 		components = []string{TargetAll}
 	}
+	return componentServices(cluster, topology, components, GossipRingServiceName(cluster))
+}
+
+// componentServices are the Service and headless Service names of components, and for microservices the
+// gossip ring's headless Service.
+func componentServices(cluster string, topology v1alpha1.Topology, components []string, gossipRing string) (services, headless []string) {
 	for _, component := range components {
 		services = append(services, ComponentName(cluster, component))
 		headless = append(headless, HeadlessServiceName(cluster, component))
 	}
 	if topology == v1alpha1.TopologyMicroservices {
-		headless = append(headless, GossipRingServiceName(cluster))
+		headless = append(headless, gossipRing)
 	}
 	return services, headless
 }
@@ -170,14 +176,25 @@ type s3Data struct {
 
 type gcsData struct{ BucketName string }
 
+// tlsFiles are where a container finds the component certificate, its key and the CA.
+type tlsFiles struct{ CertFile, KeyFile, CAFile string }
+
+func componentTLSFiles(tls *ComponentTLS) tlsFiles {
+	return tlsFiles{
+		CertFile: path.Join(tls.Dir, corev1.TLSCertKey),
+		KeyFile:  path.Join(tls.Dir, corev1.TLSPrivateKeyKey),
+		CAFile:   path.Join(tls.Dir, TLSCAKey),
+	}
+}
+
 // tlsData are the component certificate's files and the name each client expects on its peer's certificate.
 type tlsData struct {
-	CertFile, KeyFile, CAFile string
-	Ingester                  string
-	StoreGateway              string
-	QueryFrontend             string
-	GossipRing                string
-	All                       string
+	tlsFiles
+	Ingester      string
+	StoreGateway  string
+	QueryFrontend string
+	GossipRing    string
+	All           string
 }
 
 // cortexTemplateData is what the template sees: every decision is made here, the template only prints.
@@ -261,9 +278,7 @@ func CortexConfig(opts Options) ([]byte, error) {
 
 	if opts.TLS != nil {
 		data.TLS = &tlsData{
-			CertFile:      path.Join(opts.TLS.Dir, corev1.TLSCertKey),
-			KeyFile:       path.Join(opts.TLS.Dir, corev1.TLSPrivateKeyKey),
-			CAFile:        path.Join(opts.TLS.Dir, TLSCAKey),
+			tlsFiles:      componentTLSFiles(opts.TLS),
 			Ingester:      tlsServerName(opts, ComponentIngester),
 			StoreGateway:  tlsServerName(opts, ComponentStoreGateway),
 			QueryFrontend: tlsServerName(opts, ComponentQueryFrontend),
@@ -300,17 +315,7 @@ func validateOptions(opts Options) error {
 	if opts.MetricsRetentionDays < 1 {
 		errs = append(errs, fmt.Errorf("metrics retention of %d days must be at least 1 day", opts.MetricsRetentionDays))
 	}
-	files := []struct{ name, path string }{
-		{"data directory", opts.DataDir}, {"config file", opts.ConfigFile}, {"runtime config file", opts.RuntimeConfigFile},
-	}
-	if opts.TLS != nil {
-		files = append(files, struct{ name, path string }{"TLS directory", opts.TLS.Dir})
-	}
-	for _, file := range files {
-		if !path.IsAbs(file.path) {
-			errs = append(errs, fmt.Errorf("%s %q must be an absolute path", file.name, file.path))
-		}
-	}
+	errs = append(errs, pathErrors(opts.DataDir, opts.ConfigFile, opts.RuntimeConfigFile, opts.TLS)...)
 	for _, port := range []struct {
 		name   string
 		number int
@@ -341,6 +346,23 @@ func validateOptions(opts Options) error {
 		return fmt.Errorf("invalid Cortex options: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// pathErrors reports each directory and file a Cortex or Loki process is given that is not an absolute path.
+func pathErrors(dataDir, configFile, runtimeConfigFile string, tls *ComponentTLS) []error {
+	files := []struct{ name, path string }{
+		{"data directory", dataDir}, {"config file", configFile}, {"runtime config file", runtimeConfigFile},
+	}
+	if tls != nil {
+		files = append(files, struct{ name, path string }{"TLS directory", tls.Dir})
+	}
+	var errs []error
+	for _, file := range files {
+		if !path.IsAbs(file.path) {
+			errs = append(errs, fmt.Errorf("%s %q must be an absolute path", file.name, file.path))
+		}
+	}
+	return errs
 }
 
 // CortexArgs are the container args of a Cortex process running target (TargetAll or a Component*

@@ -192,7 +192,8 @@ func (p *cortexProcess) logTail(n int) string {
 }
 
 // componentTLS writes a CA and a component certificate for opts' cluster, issued as the controller issues
-// them (certs.ServiceDNSNames of CortexServices), under dir/tls, the layout of the mounted Secret.
+// them (certs.ServiceDNSNames of ComponentServices: Cortex's and Loki's), under dir/tls, the layout of the
+// mounted Secret.
 func componentTLS(t *testing.T, dir string, opts Options) (*ComponentTLS, certs.KeyPair) {
 	t.Helper()
 	now := time.Now()
@@ -200,7 +201,7 @@ func componentTLS(t *testing.T, dir string, opts Options) (*ComponentTLS, certs.
 	if err != nil {
 		t.Fatal(err)
 	}
-	services, headless := CortexServices(opts.ClusterName, opts.Topology)
+	services, headless := ComponentServices(opts.ClusterName, opts.Topology)
 	leaf, err := certs.IssueServing(ca, certs.ServiceDNSNames(opts.Namespace, services, headless), nil, now, certs.LeafLifetime)
 	if err != nil {
 		t.Fatal(err)
@@ -401,11 +402,22 @@ func TestSingleProcessRunsOnTheRenderedConfig(t *testing.T) {
 // without one, with one from another CA, and in plain text.
 func TestCortexGRPCRequiresAClientCertificate(t *testing.T) {
 	c := startRenderedSingle(t, cortexBinary(t))
+	requireClientCertificate(t, fmt.Sprintf("127.0.0.1:%d", c.opts.GRPCPort), tlsServerName(c.opts, ComponentIngester),
+		c.ca, c.opts.TLS.Dir, func() string { return c.logTail(50) })
+}
+
+// requireClientCertificate checks that the gRPC port at address, serving the component certificate of tlsDir
+// (issued by ca for serverName), answers a health check with that certificate and refuses one without a
+// client certificate, with one from another CA, and in plain text; and that its certificate does not verify
+// for the gateway's name. logTail is the end of the server's log, shown when the allowed call fails. Cortex's
+// and Loki's tests share it.
+func requireClientCertificate(t *testing.T, address, serverName string, ca certs.KeyPair, tlsDir string, logTail func() string) {
+	t.Helper()
 	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(c.ca.CertPEM) {
+	if !roots.AppendCertsFromPEM(ca.CertPEM) {
 		t.Fatal("CA PEM not parsed")
 	}
-	component, err := tls.LoadX509KeyPair(filepath.Join(c.opts.TLS.Dir, "tls.crt"), filepath.Join(c.opts.TLS.Dir, "tls.key"))
+	component, err := tls.LoadX509KeyPair(filepath.Join(tlsDir, "tls.crt"), filepath.Join(tlsDir, "tls.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -414,7 +426,7 @@ func TestCortexGRPCRequiresAClientCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherLeaf, err := certs.IssueServing(otherCA, []string{tlsServerName(c.opts, ComponentQuerier)}, nil, now, certs.LeafLifetime)
+	otherLeaf, err := certs.IssueServing(otherCA, []string{serverName}, nil, now, certs.LeafLifetime)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -423,8 +435,6 @@ func TestCortexGRPCRequiresAClientCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	address := fmt.Sprintf("127.0.0.1:%d", c.opts.GRPCPort)
-	serverName := tlsServerName(c.opts, ComponentIngester)
 	for _, tc := range []struct {
 		name        string
 		certificate *tls.Certificate
@@ -447,7 +457,7 @@ func TestCortexGRPCRequiresAClientCertificate(t *testing.T) {
 			status, err := grpcHealthCheck(address, config, tc.plain)
 			switch {
 			case tc.allowed && (err != nil || status != "SERVING"):
-				c.fatal(t, "health check with the component certificate: %q %v, want SERVING", status, err)
+				t.Fatalf("health check with the component certificate: %q %v, want SERVING\n--- end of the server's log ---\n%s", status, err, logTail())
 			case !tc.allowed && err == nil:
 				t.Fatalf("health check answered %q, want it refused", status)
 			case !tc.allowed:
@@ -458,13 +468,13 @@ func TestCortexGRPCRequiresAClientCertificate(t *testing.T) {
 		})
 	}
 
-	// The server checks the client, and the client checks the server: the name on Cortex's certificate is
+	// The server checks the client, and the client checks the server: the name on the server's certificate is
 	// the one every client of the rendered configuration expects.
 	conn, err := tls.Dial("tcp", address, &tls.Config{RootCAs: roots, ServerName: "metrics-gateway.observability.svc",
 		Certificates: []tls.Certificate{component}})
 	if err == nil {
 		conn.Close()
-		t.Fatal("Cortex's certificate verified for a name it was not issued for")
+		t.Fatal("the server's certificate verified for a name it was not issued for")
 	}
 }
 

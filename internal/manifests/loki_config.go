@@ -42,6 +42,10 @@ type LokiOptions struct {
 
 	// DefaultTenantLimits is spec.defaultTenantLimits: the limits of tenants not in the runtime overrides.
 	DefaultTenantLimits v1alpha1.TenantLimits
+
+	// TLS is the component certificate, the same one Cortex presents (ComponentTLS): BuildAll sets it from
+	// BuildOptions.TLS. Left nil (as some tests do), Loki talks plain gRPC and gossip.
+	TLS *ComponentTLS
 }
 
 var (
@@ -67,6 +71,25 @@ type lokiS3Data struct {
 	ForcePathStyle bool
 }
 
+// lokiTLSData are the component certificate's files and the name each Loki client expects on its peer's
+// certificate: the Service in front of the peer, as for Cortex (tlsServerName).
+type lokiTLSData struct {
+	tlsFiles
+	Ingester      string
+	QueryFrontend string
+	Compactor     string
+	GossipRing    string
+	All           string
+}
+
+// lokiTLSServerName is the name a Loki client expects on the certificate of the component it dials.
+func lokiTLSServerName(opts LokiOptions, component string) string {
+	if opts.Topology == v1alpha1.TopologySingle {
+		component = LokiComponentAll
+	}
+	return ComponentName(opts.ClusterName, component) + "." + opts.Namespace + ".svc"
+}
+
 type lokiTemplateData struct {
 	LokiVersion          string
 	ClusterName          string
@@ -90,6 +113,7 @@ type lokiTemplateData struct {
 	RuntimeConfigPeriod  string
 	Limits               resolvedLokiLimits
 	RetentionPeriod      string
+	TLS                  *lokiTLSData
 }
 
 // LokiConfig renders the Loki configuration file shared by every Loki process of the cluster. It holds no
@@ -134,6 +158,16 @@ func LokiConfig(opts LokiOptions) ([]byte, error) {
 		data.GossipJoinAddress = "dns+" + ServiceAddress(LokiGossipRingServiceName(opts.ClusterName), opts.Namespace, opts.GossipPort)
 		data.QueryFrontendAddress = ServiceAddress(HeadlessServiceName(opts.ClusterName, LokiComponentQueryFrontend), opts.Namespace, opts.GRPCPort)
 		data.CompactorAddress = ServiceAddress(ComponentName(opts.ClusterName, LokiComponentCompactor), opts.Namespace, opts.GRPCPort)
+	}
+	if opts.TLS != nil {
+		data.TLS = &lokiTLSData{
+			tlsFiles:      componentTLSFiles(opts.TLS),
+			Ingester:      lokiTLSServerName(opts, LokiComponentIngester),
+			QueryFrontend: lokiTLSServerName(opts, LokiComponentQueryFrontend),
+			Compactor:     lokiTLSServerName(opts, LokiComponentCompactor),
+			GossipRing:    LokiGossipRingServiceName(opts.ClusterName) + "." + opts.Namespace + ".svc",
+			All:           lokiTLSServerName(opts, LokiComponentAll),
+		}
 	}
 	bucket := func(metrics string) string {
 		if opts.Bucket != "" {
@@ -183,13 +217,7 @@ func validateLokiOptions(opts LokiOptions) error {
 	if opts.RetentionDays < 1 {
 		errs = append(errs, fmt.Errorf("logs retention of %d days must be at least 1 day", opts.RetentionDays))
 	}
-	for _, file := range []struct{ name, path string }{
-		{"data directory", opts.DataDir}, {"config file", opts.ConfigFile}, {"runtime config file", opts.RuntimeConfigFile},
-	} {
-		if !path.IsAbs(file.path) {
-			errs = append(errs, fmt.Errorf("%s %q must be an absolute path", file.name, file.path))
-		}
-	}
+	errs = append(errs, pathErrors(opts.DataDir, opts.ConfigFile, opts.RuntimeConfigFile, opts.TLS)...)
 	for _, port := range []struct {
 		name   string
 		number int

@@ -35,6 +35,7 @@ func productionLokiOptions(topology v1alpha1.Topology, size v1alpha1.SizePreset,
 		GRPCPort:            LokiGRPCPort,
 		GossipPort:          LokiGossipPort,
 		DefaultTenantLimits: v1alpha1.TenantLimits{LogIngestionRate: ptr.To[int64](8 << 20)},
+		TLS:                 &ComponentTLS{Dir: CortexTLSDir, Hash: "9f86d081884c7d65"},
 	}
 }
 

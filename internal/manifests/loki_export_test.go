@@ -9,4 +9,5 @@ var (
 	LokiPushBodyForTest          = lokiPushBody
 	FreePortsForTest             = freePorts
 	ProductionLokiOptionsForTest = productionLokiOptions
+	LokiComponentTLSForTest      = lokiComponentTLS
 )

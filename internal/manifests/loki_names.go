@@ -1,6 +1,10 @@
 package manifests
 
-import "strings"
+import (
+	"strings"
+
+	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
+)
 
 // DefaultLokiVersion is the Loki release a MetricsCluster runs when spec.logs.version is empty. It is the one
 // place the pinned version lives; LOKI_VERSION in the Makefile builds the same release for the tests.
@@ -93,4 +97,18 @@ func LokiGatewayServices(cluster string, single bool) (distributor, queryFronten
 	}
 	return ComponentName(cluster, LokiComponentDistributor), ComponentName(cluster, LokiComponentQueryFrontend),
 		ComponentName(cluster, LokiComponentQuerier)
+}
+
+// LokiServices are the names of the Loki Services of a topology that the component certificate must cover,
+// as CortexServices are Cortex's: Loki's components present the same certificate.
+func LokiServices(cluster string, topology v1alpha1.Topology) (services, headless []string) {
+	return componentServices(cluster, topology, lokiComponents(topology), LokiGossipRingServiceName(cluster))
+}
+
+// ComponentServices are the Services of Cortex and Loki that the component certificate must cover, whether
+// logs are on or not: turning logs on or off then reissues no certificate and restarts no Cortex pod.
+func ComponentServices(cluster string, topology v1alpha1.Topology) (services, headless []string) {
+	services, headless = CortexServices(cluster, topology)
+	lokiServices, lokiHeadless := LokiServices(cluster, topology)
+	return append(services, lokiServices...), append(headless, lokiHeadless...)
 }

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	v1alpha1 "github.com/opstrace/opstrace/api/v1alpha1"
+	"github.com/opstrace/opstrace/internal/certs"
 )
 
 // This test lets Loki itself judge the rendered single-topology configuration: a real start of bin/loki (built
@@ -109,6 +110,16 @@ func TestLokiIngesterRegistersUnderItsHostname(t *testing.T) {
 	}
 }
 
+// lokiComponentTLS writes a CA and the component certificate under dir/tls as componentTLS does for Cortex:
+// one certificate, issued for Cortex's and Loki's Services as the controller issues it.
+func lokiComponentTLS(t *testing.T, dir string, opts LokiOptions) (*ComponentTLS, certs.KeyPair) {
+	t.Helper()
+	return componentTLS(t, dir, Options{ClusterName: opts.ClusterName, Namespace: opts.Namespace, Topology: opts.Topology})
+}
+
+// The single process on the rendered configuration with the component certificate: every internal gRPC hop
+// of the push and the queries below (distributor -> ingester, query-frontend -> scheduler -> querier worker
+// -> ingester) is mutual TLS, since target all dials itself; the HTTP port stays plain.
 func TestLokiRunsOnTheRenderedConfig(t *testing.T) {
 	binary := lokiBinary(t)
 	dir := t.TempDir()
@@ -120,12 +131,17 @@ func TestLokiRunsOnTheRenderedConfig(t *testing.T) {
 	opts.ConfigFile = filepath.Join(dir, "loki.yaml")
 	opts.RuntimeConfigFile = filepath.Join(dir, "overrides.yaml")
 	opts.HTTPPort, opts.GRPCPort = ports[0], ports[1]
+	var ca certs.KeyPair
+	opts.TLS, ca = lokiComponentTLS(t, dir, opts)
 	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	config, err := LokiConfig(opts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !bytes.Contains(config, []byte("client_auth_type: RequireAndVerifyClientCert")) {
+		t.Fatalf("the rendered configuration does not require client certificates on gRPC:\n%s", config)
 	}
 	writeOverrides := func(teamBBurst int64) {
 		overrides, err := LokiRuntimeOverrides(opts.DefaultTenantLimits, map[string]v1alpha1.TenantLimits{
@@ -248,6 +264,21 @@ func TestLokiRunsOnTheRenderedConfig(t *testing.T) {
 	if !strings.Contains(metrics, `reason="rate_limited"`) {
 		t.Error(`loki_discarded_samples_total has no reason="rate_limited" after a refused push: LokiTenantRateLimited would never fire`)
 	}
+
+	// Every internal hop above verified its peer: a failed handshake would show in Loki's log.
+	logTail := func() string {
+		data, _ := os.ReadFile(filepath.Join(dir, "loki.log"))
+		return string(data[max(0, len(data)-4000):])
+	}
+	if log, _ := os.ReadFile(filepath.Join(dir, "loki.log")); bytes.Contains(log, []byte("tls: ")) || bytes.Contains(log, []byte("x509")) {
+		t.Errorf("a TLS error in Loki's log:\n%s", logTail())
+	}
+
+	// Loki's gRPC port takes only the component certificate, as Cortex's does.
+	t.Run("gRPC requires a client certificate", func(t *testing.T) {
+		requireClientCertificate(t, fmt.Sprintf("127.0.0.1:%d", opts.GRPCPort), lokiTLSServerName(opts, LokiComponentIngester),
+			ca, opts.TLS.Dir, logTail)
+	})
 }
 
 // startLoki runs Loki as a pod would (LokiArgs, POD_IP=127.0.0.1, env added) on a configuration already

@@ -32,6 +32,7 @@ func TestLokiKeepsLogsUnderThePrefixOfTheMetricsBucket(t *testing.T) {
 	opts.ConfigFile = filepath.Join(dir, "loki.yaml")
 	opts.RuntimeConfigFile = filepath.Join(dir, "overrides.yaml")
 	opts.HTTPPort, opts.GRPCPort = ports[0], ports[1]
+	opts.TLS, _ = manifests.LokiComponentTLSForTest(t, dir, opts)
 	config, err := manifests.LokiConfig(opts)
 	if err != nil {
 		t.Fatal(err)

@@ -285,7 +285,9 @@ func buildLokiDeployment(opts BuildOptions, component string) *appsv1.Deployment
 
 // lokiPodTemplate is the pod of a Loki component; its container is named after the component. Its
 // ConfigHashAnnotation changes with the Loki configuration only: Loki re-reads the runtime overrides itself,
-// so a tenant's new limit rolls no pod.
+// so a tenant's new limit rolls no pod. Its TLSHashAnnotation changes with the component certificate, which
+// Loki's gRPC and memberlist clients read only at start, so a renewal rolls Loki through the upgrade planner
+// like a configuration change.
 func lokiPodTemplate(opts BuildOptions, component string, size componentSize) corev1.PodTemplateSpec {
 	loki := opts.Loki
 	grace := DefaultTerminationGracePeriodSeconds
@@ -299,10 +301,12 @@ func lokiPodTemplate(opts BuildOptions, component string, size componentSize) co
 		RuntimeConfigMap: LokiRuntimeConfigMapName(opts.ClusterName), RuntimeConfigKey: LokiRuntimeConfigKey,
 		Stateful: lokiStateful(component),
 	})
+	annotations := map[string]string{ConfigHashAnnotation: ConfigHash(loki.Config)}
+	mounts, volumes = mountComponentTLS(opts.ClusterName, loki.TLS, mounts, volumes, annotations)
 	return withTemplateHash(corev1.PodTemplateSpec{
 		ObjectMeta: metav1.ObjectMeta{
 			Labels:      Labels(opts.ClusterName, component),
-			Annotations: map[string]string{ConfigHashAnnotation: ConfigHash(loki.Config)},
+			Annotations: annotations,
 		},
 		Spec: corev1.PodSpec{
 			ServiceAccountName:            LokiServiceAccountName(opts.ClusterName),

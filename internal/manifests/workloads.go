@@ -160,6 +160,28 @@ func podSecurityContext() *corev1.PodSecurityContext {
 	}
 }
 
+// mountComponentTLS adds the component certificate (Secret CortexTLSSecretName) to a Cortex or Loki pod,
+// mounted at tls.Dir, and its hash to the pod's annotations; with tls nil it adds nothing. Neither Cortex's
+// nor Loki's clients re-read the files: a new certificate restarts the pods (ComponentTLS).
+func mountComponentTLS(cluster string, tls *ComponentTLS, mounts []corev1.VolumeMount, volumes []corev1.Volume, annotations map[string]string) ([]corev1.VolumeMount, []corev1.Volume) {
+	if tls == nil {
+		return mounts, volumes
+	}
+	mounts = append(mounts, corev1.VolumeMount{Name: volumeCortexTLS, MountPath: tls.Dir, ReadOnly: true})
+	volumes = append(volumes, corev1.Volume{Name: volumeCortexTLS, VolumeSource: corev1.VolumeSource{
+		Secret: &corev1.SecretVolumeSource{
+			SecretName: CortexTLSSecretName(cluster),
+			Items: []corev1.KeyToPath{
+				{Key: corev1.TLSCertKey, Path: corev1.TLSCertKey},
+				{Key: corev1.TLSPrivateKeyKey, Path: corev1.TLSPrivateKeyKey},
+				{Key: TLSCAKey, Path: TLSCAKey},
+			},
+		},
+	}})
+	annotations[TLSHashAnnotation] = tls.Hash
+	return mounts, volumes
+}
+
 // cortexPodTemplate is the pod of a Cortex component. Its ConfigHashAnnotation changes with the Cortex
 // configuration only: the runtime overrides are re-read by Cortex, so a tenant's new limit rolls no pod. Its
 // TLSHashAnnotation changes with the component certificate, which Cortex's clients read only at start.
@@ -176,21 +198,7 @@ func cortexPodTemplate(opts BuildOptions, component string, size componentSize) 
 		Stateful: stateful(component),
 	})
 	annotations := map[string]string{ConfigHashAnnotation: ConfigHash(opts.CortexConfig)}
-	if tls := opts.TLS; tls != nil {
-		mounts = append(mounts, corev1.VolumeMount{Name: volumeCortexTLS, MountPath: tls.Dir, ReadOnly: true})
-		volumes = append(volumes, corev1.Volume{Name: volumeCortexTLS, VolumeSource: corev1.VolumeSource{
-			Secret: &corev1.SecretVolumeSource{
-				SecretName: CortexTLSSecretName(opts.ClusterName),
-				Items: []corev1.KeyToPath{
-					{Key: corev1.TLSCertKey, Path: corev1.TLSCertKey},
-					{Key: corev1.TLSPrivateKeyKey, Path: corev1.TLSPrivateKeyKey},
-					{Key: TLSCAKey, Path: TLSCAKey},
-				},
-			},
-		}})
-		// Cortex's clients read the files only at start: a new certificate restarts the pods (ComponentTLS).
-		annotations[TLSHashAnnotation] = tls.Hash
-	}
+	mounts, volumes = mountComponentTLS(opts.ClusterName, opts.TLS, mounts, volumes, annotations)
 	name := component
 	if component == TargetAll {
 		name = AppCortex
