@@ -3,6 +3,7 @@ package aws
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -14,19 +15,31 @@ import (
 	"github.com/opstrace/opstrace/internal/installer/plan"
 )
 
-// clusterStep is the EKS control plane, in the private and public subnets. The EKS cluster has the
-// Opstrace cluster's name.
+// clusterStep is the EKS control plane, in the private and public subnets, with a private endpoint (what
+// the nodes use) and a public one reachable from aws.api_authorized_ip_ranges only (publicAccessCidrs;
+// credentials still required). The EKS cluster has the Opstrace cluster's name.
 type clusterStep struct {
-	c       *Clients
-	cluster string
-	version string
-	zones   []string
+	c          *Clients
+	cluster    string
+	version    string
+	zones      []string
+	authorized []string // aws.api_authorized_ip_ranges
 }
 
 type eksState struct {
 	Status  string
 	RoleARN string
 	Subnets []string
+	// PublicCIDRs are the CIDRs that may reach the public endpoint, sorted.
+	PublicCIDRs []string
+	// SetPublicCIDRs: the Update sets them to aws.api_authorized_ip_ranges.
+	SetPublicCIDRs bool
+}
+
+func sortedCIDRs(cidrs []string) []string {
+	out := slices.Clone(cidrs)
+	slices.Sort(out)
+	return out
 }
 
 func (s *clusterStep) Name() string { return "aws/eks-cluster" }
@@ -49,6 +62,9 @@ func (s *clusterStep) Observe(ctx context.Context) (plan.Observation, error) {
 			return plan.Observation{}, plan.NotOwnedError("EKS cluster "+s.cluster, "EKS cluster "+s.cluster, cloud.OwnerTag+"="+s.cluster)
 		}
 		st.Status = string(out.Cluster.Status)
+		if vpc := out.Cluster.ResourcesVpcConfig; vpc != nil {
+			st.PublicCIDRs = sortedCIDRs(vpc.PublicAccessCidrs)
+		}
 		return plan.Observation{Exists: true, ID: aws.ToString(out.Cluster.Arn), Detail: st}, nil
 	}
 	// What the create needs, looked up now so that Plan stays pure.
@@ -79,11 +95,22 @@ func (s *clusterStep) Plan(obs plan.Observation) plan.Change {
 	case !obs.Exists:
 		return plan.Change{Action: plan.Create, Desired: st, Diff: []string{
 			fmt.Sprintf("EKS cluster %s, Kubernetes %s, in %d zones (about 10 minutes)", s.cluster, s.version, len(s.zones)),
+			"Kubernetes API public endpoint reachable from " + strings.Join(sortedCIDRs(s.authorized), ", "),
 		}}
-	case st.Status == string(ekstypes.ClusterStatusCreating) || st.Status == string(ekstypes.ClusterStatusUpdating):
-		return plan.Change{Action: plan.Update, Desired: st, Diff: []string{"EKS cluster " + s.cluster + ": wait until ACTIVE (now " + st.Status + ")"}}
 	}
-	return plan.NoChange()
+	var diff []string
+	if st.Status == string(ekstypes.ClusterStatusCreating) || st.Status == string(ekstypes.ClusterStatusUpdating) {
+		diff = append(diff, "EKS cluster "+s.cluster+": wait until ACTIVE (now "+st.Status+")")
+	}
+	if want := sortedCIDRs(s.authorized); !slices.Equal(st.PublicCIDRs, want) {
+		st.SetPublicCIDRs = true
+		diff = append(diff, "Kubernetes API public endpoint reachable from: "+strings.Join(st.PublicCIDRs, ", ")+" → "+
+			strings.Join(want, ", ")+" (aws.api_authorized_ip_ranges)")
+	}
+	if len(diff) == 0 {
+		return plan.NoChange()
+	}
+	return plan.Change{Action: plan.Update, Desired: st, Diff: diff}
 }
 
 func (s *clusterStep) Apply(ctx context.Context, c plan.Change) error {
@@ -98,7 +125,7 @@ func (s *clusterStep) Apply(ctx context.Context, c plan.Change) error {
 		if _, err := s.c.EKS.CreateCluster(ctx, &eks.CreateClusterInput{
 			Name: &s.cluster, Version: &s.version, RoleArn: &st.RoleARN,
 			ResourcesVpcConfig: &ekstypes.VpcConfigRequest{SubnetIds: st.Subnets,
-				EndpointPublicAccess: aws.Bool(true), EndpointPrivateAccess: aws.Bool(true)},
+				EndpointPublicAccess: aws.Bool(true), EndpointPrivateAccess: aws.Bool(true), PublicAccessCidrs: s.authorized},
 			// The credentials that create the cluster administer it; eks_admin_roles are not yet granted.
 			AccessConfig: &ekstypes.CreateAccessConfigRequest{AuthenticationMode: ekstypes.AuthenticationModeApiAndConfigMap,
 				BootstrapClusterCreatorAdminPermissions: aws.Bool(true)},
@@ -107,6 +134,22 @@ func (s *clusterStep) Apply(ctx context.Context, c plan.Change) error {
 			return classify("create EKS cluster "+s.cluster, "eks:CreateCluster", err)
 		}
 	}
+	if c.Action == plan.Update && st.SetPublicCIDRs {
+		// EKS refuses an update while another runs (ResourceInUseException, a Conflict retried from
+		// Observe): wait first.
+		if err := s.waitActive(ctx); err != nil {
+			return err
+		}
+		if _, err := s.c.EKS.UpdateClusterConfig(ctx, &eks.UpdateClusterConfigInput{Name: &s.cluster,
+			ResourcesVpcConfig: &ekstypes.VpcConfigRequest{EndpointPublicAccess: aws.Bool(true), EndpointPrivateAccess: aws.Bool(true),
+				PublicAccessCidrs: s.authorized}}); err != nil {
+			return classify("set the public endpoint's CIDRs of EKS cluster "+s.cluster, "eks:UpdateClusterConfig", err)
+		}
+	}
+	return s.waitActive(ctx)
+}
+
+func (s *clusterStep) waitActive(ctx context.Context) error {
 	return wait(ctx, s.c.poll(), "EKS cluster "+s.cluster+" to be ACTIVE", func() (bool, error) {
 		out, err := s.c.EKS.DescribeCluster(ctx, &eks.DescribeClusterInput{Name: &s.cluster})
 		if err != nil {

@@ -104,6 +104,8 @@ type frole struct {
 }
 type feks struct {
 	in         *eks.CreateClusterInput
+	public     []string // publicAccessCidrs
+	updating   bool     // an UpdateClusterConfig runs until readyAt
 	readyAt    time.Time
 	deleteAt   time.Time
 	deleting   bool
@@ -242,7 +244,7 @@ func (w *world) inventory() []string {
 		out = append(out, "oidc-provider")
 	}
 	for name, c := range w.eks {
-		out = append(out, "eks "+name)
+		out = append(out, "eks "+name+" public="+strings.Join(c.public, ","))
 		for ng, g := range c.nodegroups {
 			out = append(out, fmt.Sprintf("nodegroup %s desired=%d", ng, g.desired))
 		}
@@ -1018,13 +1020,42 @@ func (f *fakeEKS) DescribeCluster(_ context.Context, in *eks.DescribeClusterInpu
 	switch {
 	case c.deleting:
 		out.Status = ekstypes.ClusterStatusDeleting
+	case c.updating && time.Now().Before(c.readyAt):
+		out.Status = ekstypes.ClusterStatusUpdating
 	case !time.Now().Before(c.readyAt):
 		out.Status = ekstypes.ClusterStatusActive
 		out.Endpoint = aws.String("https://" + aws.ToString(in.Name) + ".gr7." + f.region + ".eks.amazonaws.com")
 		out.CertificateAuthority = &ekstypes.Certificate{Data: aws.String("LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==")}
 		out.Identity = &ekstypes.Identity{Oidc: &ekstypes.OIDC{Issuer: aws.String("https://oidc.eks." + f.region + ".amazonaws.com/id/" + strings.ToUpper(aws.ToString(in.Name)))}}
 	}
+	out.ResourcesVpcConfig = &ekstypes.VpcConfigResponse{PublicAccessCidrs: slices.Clone(c.public)}
 	return &eks.DescribeClusterOutput{Cluster: out}, f.w().done(false)
+}
+
+// publicCIDRs are the publicAccessCidrs EKS keeps for a request's: 0.0.0.0/0 when there are none.
+func publicCIDRs(vpc *ekstypes.VpcConfigRequest) []string {
+	if vpc == nil || len(vpc.PublicAccessCidrs) == 0 {
+		return []string{"0.0.0.0/0"}
+	}
+	return slices.Clone(vpc.PublicAccessCidrs)
+}
+
+func (f *fakeEKS) UpdateClusterConfig(_ context.Context, in *eks.UpdateClusterConfigInput, _ ...func(*eks.Options)) (*eks.UpdateClusterConfigOutput, error) {
+	if err := f.w().call("eks:UpdateClusterConfig", in); err != nil {
+		return nil, err
+	}
+	c := f.cluster(aws.ToString(in.Name))
+	if c == nil {
+		f.w().done(false)
+		return nil, eksNotFound()
+	}
+	if c.deleting || time.Now().Before(c.readyAt) {
+		f.w().done(false)
+		return nil, &ekstypes.ResourceInUseException{Message: aws.String("Cannot update cluster while it is " + map[bool]string{true: "DELETING", false: "CREATING or UPDATING"}[c.deleting])}
+	}
+	c.public = publicCIDRs(in.ResourcesVpcConfig)
+	c.updating, c.readyAt = true, time.Now().Add(f.latency["nodegroup"])
+	return &eks.UpdateClusterConfigOutput{}, f.w().done(true)
 }
 
 func (f *fakeEKS) CreateCluster(_ context.Context, in *eks.CreateClusterInput, _ ...func(*eks.Options)) (*eks.CreateClusterOutput, error) {
@@ -1041,7 +1072,7 @@ func (f *fakeEKS) CreateCluster(_ context.Context, in *eks.CreateClusterInput, _
 			return nil, &ekstypes.InvalidParameterException{Message: aws.String("subnet " + s + " does not exist")}
 		}
 	}
-	c := &feks{in: in, readyAt: time.Now().Add(f.latency["eks"]), nodegroups: map[string]*fng{}, access: map[string]*faccess{}, addons: map[string]*faddon{}}
+	c := &feks{in: in, public: publicCIDRs(in.ResourcesVpcConfig), readyAt: time.Now().Add(f.latency["eks"]), nodegroups: map[string]*fng{}, access: map[string]*faccess{}, addons: map[string]*faddon{}}
 	if in.AccessConfig != nil && aws.ToBool(in.AccessConfig.BootstrapClusterCreatorAdminPermissions) {
 		// EKS gives the creator an untagged entry with cluster-admin.
 		c.access[creatorARN] = &faccess{tags: map[string]string{}, policies: []string{ClusterAdminPolicy + " cluster"}}

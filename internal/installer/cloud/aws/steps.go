@@ -51,7 +51,7 @@ func Steps(c *Clients, cluster string, cfg config.Config) []plan.Step {
 		&roleStep{c: c, cluster: cluster, step: "aws/node-role", role: cloud.ResourceName(cluster, "eks-node"),
 			managed: []string{awsPolicy + "AmazonEKSWorkerNodePolicy", awsPolicy + "AmazonEKS_CNI_Policy",
 				awsPolicy + "AmazonEC2ContainerRegistryReadOnly"}, desired: staticTrust("ec2.amazonaws.com")},
-		&clusterStep{c: c, cluster: cluster, version: cfg.KubernetesVersion, zones: zones},
+		&clusterStep{c: c, cluster: cluster, version: cfg.KubernetesVersion, zones: zones, authorized: apiRanges(cfg.AWS)},
 		&nodeGroupStep{c: c, cluster: cluster, zones: zones, instanceType: cfg.AWS.InstanceType, nodes: int32(cfg.NodeCount)},
 		&oidcStep{c: c, cluster: cluster},
 		&accessStep{c: c, cluster: cluster, admins: cfg.AWS.EKSAdminRoles},
@@ -332,4 +332,13 @@ func deleteResource(ctx context.Context, c *Clients, cluster string, r cloud.Res
 		return classify("delete "+r.String(), "", err)
 	}
 	return nil
+}
+
+// apiRanges is aws.api_authorized_ip_ranges; a config not made by config.Parse (which fills the default)
+// may lack it, and means the default then.
+func apiRanges(a *config.AWS) []string {
+	if len(a.APIAuthorizedIPRanges) == 0 {
+		return []string{config.DefaultAuthorizedIPRange}
+	}
+	return a.APIAuthorizedIPRanges
 }

@@ -232,8 +232,8 @@ func TestForeignNodesAccountIsRefused(t *testing.T) {
 	})
 }
 
-// Killed right after the nodes' account was created, destroy's steps never ran (say the config was
-// lost): the sweep finds the account by its mark, removes its project binding, then deletes it.
+// Without destroy's steps (the sweep alone, as after a destroy whose steps failed): the sweep finds the
+// nodes' account by its mark, removes its project binding, then deletes it.
 func TestSweepRemovesTheNodesAccountAndItsBindings(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		w := slowWorld()
@@ -252,8 +252,9 @@ func TestSweepRemovesTheNodesAccountAndItsBindings(t *testing.T) {
 		if got := w.inventory(); !slices.Equal(got, othersBindings) {
 			t.Errorf("left after the sweep: %q", got)
 		}
-		// One policy write (for the nodes' account); the workloads' accounts hold no project role.
-		if n := len(inputs[*crm.Policy](w, "projects:SetProjectPolicy")); n != 2 { // install's grant + the sweep's removal
+		// The install's grant and the sweep's removal: the workloads' accounts hold no project role, and
+		// nothing is written for them.
+		if n := len(inputs[*crm.Policy](w, "projects:SetProjectPolicy")); n != 2 {
 			t.Errorf("%d project policy writes", n)
 		}
 	})
