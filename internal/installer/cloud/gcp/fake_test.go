@@ -592,14 +592,10 @@ func (f *fakeGKE) DeleteCluster(_ context.Context, req *containerpb.DeleteCluste
 	if err := w.call("gke:DeleteCluster", req); err != nil {
 		return nil, err
 	}
-	c := w.cluster(req.GetName())
-	if c == nil {
+	c, err := w.idleCluster(req.GetName())
+	if err != nil {
 		w.done(false)
-		return nil, grpcErr(codes.NotFound, "Not found: "+req.GetName())
-	}
-	if c.deleting || time.Now().Before(c.readyAt) {
-		w.done(false)
-		return nil, grpcErr(codes.FailedPrecondition, "Cluster is running incompatible operation")
+		return nil, err
 	}
 	c.deleting, c.deleteAt = true, time.Now().Add(w.latency["gke"]/2)
 	return &containerpb.Operation{Name: "operation-delete"}, w.done(true)
@@ -673,6 +669,19 @@ func (f *fakeGKE) CreateNodePool(_ context.Context, req *containerpb.CreateNodeP
 	return &containerpb.Operation{Name: "operation-create-pool"}, w.done(true)
 }
 
+// idleCluster is the cluster of a path if no operation runs on it: GKE refuses another one meanwhile.
+// Call with w.mu held.
+func (w *world) idleCluster(path string) (*fcluster, error) {
+	c := w.cluster(path)
+	if c == nil {
+		return nil, grpcErr(codes.NotFound, "Not found: "+path)
+	}
+	if c.deleting || time.Now().Before(c.readyAt) {
+		return nil, grpcErr(codes.FailedPrecondition, "Cluster is running incompatible operation")
+	}
+	return c, nil
+}
+
 // nodeAccount refuses a node pool whose service account does not exist, as GKE does. Call with w.mu held.
 func (w *world) nodeAccount(np *containerpb.NodePool) error {
 	if sa := np.GetConfig().GetServiceAccount(); sa != "" && w.sas[sa] == nil {
@@ -686,14 +695,10 @@ func (f *fakeGKE) UpdateCluster(_ context.Context, req *containerpb.UpdateCluste
 	if err := w.call("gke:UpdateCluster", req); err != nil {
 		return nil, err
 	}
-	c := w.cluster(req.GetName())
-	if c == nil {
+	c, err := w.idleCluster(req.GetName())
+	if err != nil {
 		w.done(false)
-		return nil, grpcErr(codes.NotFound, "Not found: "+req.GetName())
-	}
-	if c.deleting || time.Now().Before(c.readyAt) {
-		w.done(false)
-		return nil, grpcErr(codes.FailedPrecondition, "Cluster is running incompatible operation")
+		return nil, err
 	}
 	if m := req.GetUpdate().GetDesiredMasterAuthorizedNetworksConfig(); m != nil {
 		c.c.MasterAuthorizedNetworksConfig = proto.Clone(m).(*containerpb.MasterAuthorizedNetworksConfig)
