@@ -2,6 +2,8 @@ package manifests
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -375,4 +377,110 @@ func processRSS(pid int) string {
 		}
 	}
 	return "unknown"
+}
+
+// Topology microservices with the component certificate, as two real Loki processes on 127.0.0.1: the
+// distributor finds the ingester in the ring only through memberlist gossip over TLS, and pushes to it over
+// mutual-TLS gRPC. The configuration is the rendered one, with the gossip-ring name a cluster would resolve
+// replaced by the ingester's loopback gossip address and a data directory per process (as each pod has its
+// own volume); the bucket is never reached (nothing is flushed).
+func TestLokiMicroservicesGossipAndPushOverTLS(t *testing.T) {
+	binary := lokiBinary(t)
+	dir := t.TempDir()
+	ports := freePorts(t, 7)
+	storage := v1alpha1.StorageSpec{Type: v1alpha1.StorageS3, S3: &v1alpha1.S3Storage{
+		Bucket: "metrics", Endpoint: fmt.Sprintf("127.0.0.1:%d", ports[6]), Insecure: true,
+	}}
+	opts := productionLokiOptions(v1alpha1.TopologyMicroservices, v1alpha1.SizeDemo, storage)
+	opts.ReplicationFactor = 1 // one ingester
+	opts.RuntimeConfigFile = filepath.Join(dir, "overrides.yaml")
+	var ca certs.KeyPair
+	opts.TLS, ca = lokiComponentTLS(t, dir, opts)
+	overrides, err := LokiRuntimeOverrides(opts.DefaultTenantLimits, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(opts.RuntimeConfigFile, overrides, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The processes inherit the environment: the pod IP, and credentials so that the S3 client never looks
+	// for an instance identity.
+	t.Setenv(PodIPEnv, "127.0.0.1")
+	t.Setenv("AWS_ACCESS_KEY_ID", "unused")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "unused")
+
+	type process struct {
+		component               string
+		http, grpc, gossip, dir string
+	}
+	ingester := process{LokiComponentIngester, fmt.Sprint(ports[0]), fmt.Sprint(ports[1]), fmt.Sprint(ports[2]), filepath.Join(dir, "ingester")}
+	distributor := process{LokiComponentDistributor, fmt.Sprint(ports[3]), fmt.Sprint(ports[4]), fmt.Sprint(ports[5]), filepath.Join(dir, "distributor")}
+	join := "dns+" + ServiceAddress(LokiGossipRingServiceName(opts.ClusterName), opts.Namespace, opts.GossipPort)
+	var running []*cortexProcess // a process and its log file; nothing in it is Cortex's
+	for _, proc := range []process{ingester, distributor} {
+		own := opts
+		own.DataDir = filepath.Join(proc.dir, "data")
+		own.ConfigFile = filepath.Join(proc.dir, "loki.yaml")
+		if err := os.MkdirAll(own.DataDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		config, err := LokiConfig(own)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(config, []byte(join)) {
+			t.Fatalf("the rendered configuration does not join %s", join)
+		}
+		config = bytes.ReplaceAll(config, []byte(join), []byte("127.0.0.1:"+ingester.gossip))
+		if err := os.WriteFile(own.ConfigFile, config, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// Memberlist advertises its default port 7946 unless told otherwise: in a pod it binds that port.
+		args := append(LokiArgs(own, proc.component), "-server.http-listen-port="+proc.http, "-server.grpc-listen-port="+proc.grpc,
+			"-memberlist.bind-port="+proc.gossip, "-memberlist.advertise-port="+proc.gossip)
+		running = append(running, startCortex(t, binary, proc.dir, args))
+	}
+	fatal := func(format string, args ...any) {
+		t.Helper()
+		t.Fatalf(format+"\n--- ingester ---\n%s\n--- distributor ---\n%s", append(args, running[0].logTail(40), running[1].logTail(40))...)
+	}
+
+	// The ingester joins the ring after its observe period; the distributor sees it only through gossip. A
+	// push succeeds once both hold: until then it answers 5xx (empty ring, too many unhealthy instances).
+	client := &http.Client{Timeout: 10 * time.Second}
+	started := time.Now()
+	for deadline := started.Add(60 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		code, body := lokiRequest(client, "POST", "http://127.0.0.1:"+distributor.http+"/loki/api/v1/push", "team-a",
+			lokiPushBody("gossip-test", time.Now(), "over TLS"))
+		if code == http.StatusNoContent {
+			break
+		}
+		for _, p := range running {
+			select {
+			case <-p.exited:
+				fatal("a Loki process exited: %v", p.waitErr)
+			default:
+			}
+		}
+		if time.Now().After(deadline) {
+			fatal("no push accepted within 60s; last: %d %s", code, body)
+		}
+	}
+	t.Logf("the distributor pushed to the ingester it found by TLS gossip %s after the start", time.Since(started).Round(time.Millisecond))
+
+	// The gossip port speaks TLS and presents the component certificate under the gossip ring's name: a
+	// plain-text memberlist peer could not take part.
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.CertPEM)
+	conn, err := tls.Dial("tcp", "127.0.0.1:"+ingester.gossip, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12,
+		ServerName: LokiGossipRingServiceName(opts.ClusterName) + "." + opts.Namespace + ".svc"})
+	if err != nil {
+		fatal("TLS handshake with the ingester's gossip port: %v", err)
+	}
+	conn.Close()
+	for _, p := range running {
+		if log := p.logTail(1000); strings.Contains(log, "tls: ") || strings.Contains(log, "x509") {
+			t.Errorf("a TLS error in the log of %s:\n%s", p.cmd.Args[3], log)
+		}
+	}
 }
