@@ -585,7 +585,7 @@ func TestMicroservicesGossipAndPushOverTLS(t *testing.T) {
 		}
 		args := append(onLoopback(t, CortexArgs(opts, proc.target)),
 			"-server.http-listen-port="+proc.http, "-server.grpc-listen-port="+proc.grpc,
-			"-memberlist.bind-port="+proc.gossip,
+			"-memberlist.bind-port="+proc.gossip, "-memberlist.advertise-port="+proc.gossip,
 			// Each process its own data: two processes of one pod template never share a volume.
 			"-blocks-storage.tsdb.dir="+filepath.Join(proc.dir, "tsdb"),
 			"-ingester.tokens-file-path="+filepath.Join(proc.dir, "tokens"),
