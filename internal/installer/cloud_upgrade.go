@@ -297,7 +297,11 @@ func runUpgrade(ctx context.Context, t upgradeTarget, opts upgradeOptions, out i
 	}); err != nil {
 		return fmt.Errorf("upgrade the controller: %w", err)
 	}
-	fmt.Fprintf(out, "• CRDs applied; Helm release %s upgraded from revision %d to %d\n", ControllerRelease, p.Revision, revision)
+	if revision == p.Revision {
+		fmt.Fprintf(out, "• CRDs applied; Helm release %s unchanged at revision %d (same chart and values)\n", ControllerRelease, revision)
+	} else {
+		fmt.Fprintf(out, "• CRDs applied; Helm release %s upgraded from revision %d to %d\n", ControllerRelease, p.Revision, revision)
+	}
 	if t.store != nil {
 		if err := t.store(ctx, kube, p.ControllerTo, p.GatewayTo); err != nil {
 			return err

@@ -3,6 +3,7 @@ package installer
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -79,7 +80,7 @@ func InstallController(ctx context.Context, kubeconfig, namespace string, values
 	history := action.NewHistory(cfg)
 	history.Max = 1
 	var rel *release.Release
-	if _, err := history.Run(ControllerRelease); errors.Is(err, driver.ErrReleaseNotFound) {
+	if releases, err := history.Run(ControllerRelease); errors.Is(err, driver.ErrReleaseNotFound) {
 		install := action.NewInstall(cfg)
 		install.ReleaseName, install.Namespace = ControllerRelease, namespace
 		install.CreateNamespace, install.SkipCRDs = true, true
@@ -89,6 +90,9 @@ func InstallController(ctx context.Context, kubeconfig, namespace string, values
 		}
 	} else if err != nil {
 		return 0, fmt.Errorf("helm history %s: %w", ControllerRelease, err)
+	} else if len(releases) > 0 && sameRelease(releases[len(releases)-1], ch, values) {
+		// Nothing to change: a new revision would only make the history longer.
+		return releases[len(releases)-1].Version, nil
 	} else {
 		upgrade := action.NewUpgrade(cfg)
 		upgrade.Namespace, upgrade.SkipCRDs = namespace, true
@@ -98,6 +102,16 @@ func InstallController(ctx context.Context, kubeconfig, namespace string, values
 		}
 	}
 	return rel.Version, nil
+}
+
+// sameRelease says whether rel is deployed with the chart ch and the values.
+func sameRelease(rel *release.Release, ch *chart.Chart, values map[string]any) bool {
+	if rel.Info == nil || rel.Info.Status != release.StatusDeployed || rel.Chart == nil || chartDigest(rel.Chart) != chartDigest(ch) {
+		return false
+	}
+	deployed, err1 := json.Marshal(rel.Config)
+	wanted, err2 := json.Marshal(values)
+	return err1 == nil && err2 == nil && bytes.Equal(deployed, wanted)
 }
 
 // ApplyCRDs server-side applies the chart's CRDs and waits until each is Established.

@@ -187,4 +187,15 @@ func TestInstallThenUpgradeTheController(t *testing.T) {
 	if *deployment.Spec.Replicas != 2 {
 		t.Fatalf("after the upgrade the controller has %d replicas, want 2", *deployment.Spec.Replicas)
 	}
+
+	// The same chart and values again: nothing to upgrade, no new revision.
+	revision, err = InstallController(ctx, kubeconfig, ns, map[string]any{"replicas": 2})
+	if err != nil || revision != 2 {
+		t.Fatalf("upgrade with the same chart and values: revision %d, %v; want 2 (unchanged)", revision, err)
+	}
+	// Other values are an upgrade again.
+	revision, err = InstallController(ctx, kubeconfig, ns, map[string]any{"replicas": 1})
+	if err != nil || revision != 3 {
+		t.Fatalf("upgrade with other values: revision %d, %v; want 3", revision, err)
+	}
 }
