@@ -145,13 +145,20 @@ func controllerValues(cfg config.Config) map[string]any {
 	return map[string]any{"image": image(cfg.ControllerImage), "gatewayImage": image(cfg.GatewayImage)}
 }
 
-// splitImage splits REPOSITORY:TAG; a ':' before the last '/' belongs to a registry's port.
+// splitImage splits REPOSITORY:TAG[@DIGEST] into the repository and TAG[@DIGEST], which the chart's image.tag
+// takes as it is; a ':' before the last '/' belongs to a registry's port.
 func splitImage(ref string) (repo, tag string) {
-	i := strings.LastIndex(ref, ":")
-	if i < 0 || i < strings.LastIndex(ref, "/") {
-		return ref, ""
+	name, digest, pinned := strings.Cut(ref, "@")
+	i := strings.LastIndex(name, ":")
+	if i < 0 || i < strings.LastIndex(name, "/") {
+		repo = name
+	} else {
+		repo, tag = name[:i], name[i+1:]
 	}
-	return ref[:i], ref[i+1:]
+	if pinned {
+		tag += "@" + digest
+	}
+	return repo, tag
 }
 
 // chartDigest identifies a chart's content: the embedded chart and the chart of a Helm release match when

@@ -107,6 +107,8 @@ func TestSplitImage(t *testing.T) {
 		"registry.example.com:5000/opstrace/ctl:v1":       {"registry.example.com:5000/opstrace/ctl", "v1"},
 		"registry.example.com:5000/opstrace/ctl":          {"registry.example.com:5000/opstrace/ctl", ""},
 		"ghcr.io/acme/opstrace-gateway:sha-0123456789abc": {"ghcr.io/acme/opstrace-gateway", "sha-0123456789abc"},
+		"ghcr.io/acme/ctl:v1.2.0@sha256:0123abcd":         {"ghcr.io/acme/ctl", "v1.2.0@sha256:0123abcd"},
+		"registry.example.com:5000/ctl@sha256:0123abcd":   {"registry.example.com:5000/ctl", "@sha256:0123abcd"},
 	} {
 		if repo, tag := splitImage(ref); repo != want[0] || tag != want[1] {
 			t.Errorf("splitImage(%q) = %q, %q; want %q", ref, repo, tag, want)

@@ -94,6 +94,12 @@ type upgradePlan struct {
 	DegradedBefore string
 }
 
+// defaultControllerTo is the controller image of this CLI's version in the installed repository.
+func (p upgradePlan) defaultControllerTo() string {
+	repo, _ := splitImage(p.ControllerFrom)
+	return repo + ":" + version.Version
+}
+
 // planUpgrade decides the images and versions of an upgrade to this CLI's chart. Pure.
 func planUpgrade(in installedCluster, embedded *chart.Chart, controllerImage, gatewayImage string) upgradePlan {
 	p := upgradePlan{
@@ -102,8 +108,7 @@ func planUpgrade(in installedCluster, embedded *chart.Chart, controllerImage, ga
 		ChartTo: chartName(embedded) + " of this CLI",
 	}
 	if p.ControllerTo == "" {
-		repo, _ := splitImage(in.controllerImage)
-		p.ControllerTo = repo + ":" + version.Version
+		p.ControllerTo = p.defaultControllerTo()
 	}
 	if p.GatewayTo == "" {
 		repo, _ := splitImage(in.gatewayImage)
@@ -196,6 +201,11 @@ func (p upgradePlan) Describe(what, name, namespace string) string {
 // and CRDs and the new controller at most one minor version after the installed controller and never older;
 // Cortex never downgraded and never more than one minor version ahead of what runs.
 func checkUpgradeSkew(p upgradePlan) error {
+	if strings.Contains(p.ControllerFrom, "@") && p.ControllerTo == p.defaultControllerTo() {
+		return fmt.Errorf("upgrade refused: the installed controller image %s is pinned by digest, so the image of "+
+			"this CLI's version cannot be derived from it; pass --controller-image REPOSITORY:TAG[@DIGEST] of %s",
+			p.ControllerFrom, version.Version)
+	}
 	installed := imageTag(p.ControllerFrom)
 	if err := upgrade.CheckCLIControllerSkew(version.Version, installed); err != nil {
 		return fmt.Errorf("upgrade refused: %w", err)
@@ -474,8 +484,9 @@ type rolloutGoal struct {
 // when it is this CLI's.
 func (p upgradePlan) goal() rolloutGoal {
 	goal := rolloutGoal{cortex: p.CortexTo, loki: p.LokiTo}
-	if imageTag(p.ControllerTo) == version.Version {
-		goal.controller = version.Version
+	// A release image reports its tag as its version; another tag (a commit, "latest") says nothing.
+	if tag := imageTag(p.ControllerTo); tag == version.Version || upgrade.IsRelease(tag) {
+		goal.controller = tag
 	}
 	return goal
 }

@@ -543,6 +543,29 @@ func TestUpgradePlanVersions(t *testing.T) {
 		!strings.Contains(d, "  Loki        off (spec.logs.enabled: false)\n") || !strings.Contains(d, "  chart       - → opstrace 0.1.0 (app v0.4.0) of this CLI") {
 		t.Errorf("plan description:\n%s", d)
 	}
+
+	// A controller pinned by digest: the tag behind the digest is the installed version; the image of this
+	// CLI's version cannot be derived from the digest, so it must be named.
+	in.controllerImage = "ghcr.io/acme/controller:v0.3.0@sha256:0123abcd"
+	p = planUpgrade(in, ch, "", "")
+	if err := checkUpgradeSkew(p); err == nil || !strings.Contains(err.Error(), "is pinned by digest") || !strings.Contains(err.Error(), "pass --controller-image") {
+		t.Errorf("digest-pinned controller without --controller-image: %v", err)
+	}
+	p = planUpgrade(in, ch, "ghcr.io/acme/controller:v0.4.0@sha256:4567cdef", "")
+	if err := checkUpgradeSkew(p); err != nil || imageTag(p.ControllerFrom) != "v0.3.0" || p.goal().controller != "v0.4.0" {
+		t.Errorf("digest-pinned controller with --controller-image: %v, installed tag %q, goal %+v", err, imageTag(p.ControllerFrom), p.goal())
+	}
+	p = planUpgrade(in, ch, "ghcr.io/acme/controller:v0.6.0@sha256:4567cdef", "")
+	if err := checkUpgradeSkew(p); err == nil || !strings.Contains(err.Error(), "more than one minor version ahead") {
+		t.Errorf("digest-pinned controller skipping versions: %v", err)
+	}
+	// Another release than this CLI's: the wait still needs that controller's own status.
+	if g := planUpgrade(in, ch, "ghcr.io/acme/controller:v0.4.1", "").goal(); g.controller != "v0.4.1" {
+		t.Errorf("goal of a release image %+v, want controller v0.4.1", g)
+	}
+	if g := planUpgrade(in, ch, "ghcr.io/acme/controller:sha-0123", "").goal(); g.controller != "" {
+		t.Errorf("goal of a commit image %+v, want no controller version", g)
+	}
 }
 
 func ptrTo[T any](v T) *T { return &v }

@@ -229,14 +229,16 @@ func gatewayDialAddress(mc *v1alpha1.MetricsCluster, endpoint *url.URL, svc *cor
 		return "", fmt.Errorf("the gateway Service %s is of type %s, not LoadBalancer: a cloud cluster's gateway is reached through its load balancer (spec.gateway.serviceType of MetricsCluster %s/%s)",
 			ref, svc.Spec.Type, mc.Namespace, mc.Name)
 	}
-	if len(svc.Status.LoadBalancer.Ingress) == 0 {
+	var host string
+	if ingress := svc.Status.LoadBalancer.Ingress; len(ingress) > 0 {
+		host = ingress[0].Hostname
+		if host == "" {
+			host = ingress[0].IP
+		}
+	}
+	if host == "" {
 		return "", fmt.Errorf("the gateway's load balancer (Service %s) has no address yet: the cloud is still making it; try again in a minute (kubectl -n %s describe service %s shows its events)",
 			ref, svc.Namespace, svc.Name)
-	}
-	ingress := svc.Status.LoadBalancer.Ingress[0]
-	host := ingress.Hostname
-	if host == "" {
-		host = ingress.IP
 	}
 	port := int32(manifests.GatewayServicePort)
 	for _, p := range svc.Spec.Ports {

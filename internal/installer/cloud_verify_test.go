@@ -241,6 +241,8 @@ func TestVerifyGatewayDialAddress(t *testing.T) {
 		{"no address yet", mc(""), "https://prod-gateway.opstrace.svc", &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "opstrace", Name: "prod-gateway"},
 			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer}}, "",
 			"the gateway's load balancer (Service opstrace/prod-gateway) has no address yet: the cloud is still making it; try again in a minute"},
+		{"ingress without an address", mc(""), "https://prod-gateway.opstrace.svc", lb(corev1.LoadBalancerIngress{}), "",
+			"the gateway's load balancer (Service opstrace/prod-gateway) has no address yet"},
 		{"not a load balancer", mc(""), "https://prod-gateway.opstrace.svc", clusterIP, "",
 			"the gateway Service opstrace/prod-gateway is of type ClusterIP, not LoadBalancer"},
 	} {

@@ -77,10 +77,9 @@ func InstallController(ctx context.Context, kubeconfig, namespace string, values
 	if err := cfg.Init(flags, namespace, "secret", func(string, ...any) {}); err != nil {
 		return 0, fmt.Errorf("helm: %w", err)
 	}
-	history := action.NewHistory(cfg)
-	history.Max = 1
 	var rel *release.Release
-	if releases, err := history.Run(ControllerRelease); errors.Is(err, driver.ErrReleaseNotFound) {
+	// Get is the highest revision; History would be in the storage's order (v1, v10, v2, ...).
+	if latest, err := action.NewGet(cfg).Run(ControllerRelease); errors.Is(err, driver.ErrReleaseNotFound) {
 		install := action.NewInstall(cfg)
 		install.ReleaseName, install.Namespace = ControllerRelease, namespace
 		install.CreateNamespace, install.SkipCRDs = true, true
@@ -89,10 +88,10 @@ func InstallController(ctx context.Context, kubeconfig, namespace string, values
 			return 0, fmt.Errorf("helm install %s: %w", ControllerRelease, err)
 		}
 	} else if err != nil {
-		return 0, fmt.Errorf("helm history %s: %w", ControllerRelease, err)
-	} else if len(releases) > 0 && sameRelease(releases[len(releases)-1], ch, values) {
+		return 0, fmt.Errorf("read Helm release %s: %w", ControllerRelease, err)
+	} else if sameRelease(latest, ch, values) {
 		// Nothing to change: a new revision would only make the history longer.
-		return releases[len(releases)-1].Version, nil
+		return latest.Version, nil
 	} else {
 		upgrade := action.NewUpgrade(cfg)
 		upgrade.Namespace, upgrade.SkipCRDs = namespace, true

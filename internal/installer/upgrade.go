@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/rest"
@@ -48,7 +49,8 @@ func upgradeLocal(ctx context.Context, name string, out io.Writer) error {
 
 // imageTag is the tag of an image reference, "latest" when it has none.
 func imageTag(image string) string {
-	if _, tag := splitImage(image); tag != "" {
+	if _, tag := splitImage(image); tag != "" && !strings.HasPrefix(tag, "@") {
+		tag, _, _ = strings.Cut(tag, "@")
 		return tag
 	}
 	return "latest"

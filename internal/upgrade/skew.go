@@ -60,6 +60,12 @@ func parseRelease(s string) (release, bool) {
 	return release{numbers[0], numbers[1], numbers[2]}, true
 }
 
+// IsRelease says whether s is a release version such as v1.21.1.
+func IsRelease(s string) bool {
+	_, ok := parseRelease(s)
+	return ok
+}
+
 func (r release) String() string { return fmt.Sprintf("v%d.%d.%d", r.major, r.minor, r.patch) }
 
 // compare is -1, 0 or 1 as r is older than, the same as, or newer than o.
