@@ -422,14 +422,28 @@ func (w *rolloutWait) controller(ctx context.Context) error {
 			w.kube = nil
 			return false, err.Error(), nil
 		}
-		want := ptr.Deref(d.Spec.Replicas, 1)
-		s := d.Status
-		if s.ObservedGeneration < d.Generation {
-			return false, fmt.Sprintf("the Deployment controller has not seen the new template yet (generation %d, status of %d)", d.Generation, s.ObservedGeneration), nil
-		}
-		done := s.UpdatedReplicas == want && s.AvailableReplicas == want && s.Replicas == want
-		return done, fmt.Sprintf("%d/%d replicas updated, %d available", s.UpdatedReplicas, want, s.AvailableReplicas), nil
+		return controllerRolloutState(&d)
 	})
+}
+
+// controllerRolloutState says whether the controller's Deployment has rolled out, and what it waits for. A
+// rollout past its progress deadline (an image that cannot be pulled, a pod that crashes) is an error: waiting
+// longer changes nothing. Pure.
+func controllerRolloutState(d *appsv1.Deployment) (done bool, detail string, failed error) {
+	want := ptr.Deref(d.Spec.Replicas, 1)
+	s := d.Status
+	if s.ObservedGeneration < d.Generation {
+		return false, fmt.Sprintf("the Deployment controller has not seen the new template yet (generation %d, status of %d)", d.Generation, s.ObservedGeneration), nil
+	}
+	for _, c := range s.Conditions {
+		if c.Type == appsv1.DeploymentProgressing && c.Status == corev1.ConditionFalse && c.Reason == "ProgressDeadlineExceeded" {
+			return false, "", fmt.Errorf("the controller's Deployment %s/%s did not roll out: %s; kubectl -n %s describe pods -l %s shows why "+
+				"(for example an image that cannot be pulled); fix it and run the upgrade again",
+				d.Namespace, d.Name, c.Message, d.Namespace, metav1.FormatLabelSelector(d.Spec.Selector))
+		}
+	}
+	done = s.UpdatedReplicas == want && s.AvailableReplicas == want && s.Replicas == want
+	return done, fmt.Sprintf("%d/%d replicas updated, %d available", s.UpdatedReplicas, want, s.AvailableReplicas), nil
 }
 
 // cluster waits until the MetricsCluster has reached goal.

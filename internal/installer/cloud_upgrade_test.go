@@ -645,3 +645,44 @@ func testGCPCommands(t *testing.T, env *testenv.Env) {
 		t.Errorf("GKE requests %v, want two GetCluster of %s", gke.requests, want)
 	}
 }
+
+// The controller's Deployment: rolled out, still rolling, or stuck past its progress deadline.
+func TestControllerRolloutState(t *testing.T) {
+	deployment := func(generation int64, status appsv1.DeploymentStatus) *appsv1.Deployment {
+		return &appsv1.Deployment{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "opstrace-system", Name: "opstrace-controller", Generation: generation},
+			Spec: appsv1.DeploymentSpec{Replicas: ptrTo[int32](1),
+				Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app.kubernetes.io/name": "opstrace"}}},
+			Status: status,
+		}
+	}
+	stuck := appsv1.DeploymentCondition{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionFalse, Reason: "ProgressDeadlineExceeded",
+		Message: `ReplicaSet "opstrace-controller-5d9c" has timed out progressing.`}
+	for _, tc := range []struct {
+		name   string
+		d      *appsv1.Deployment
+		done   bool
+		detail string
+		failed string
+	}{
+		{"template not seen", deployment(3, appsv1.DeploymentStatus{ObservedGeneration: 2}), false,
+			"the Deployment controller has not seen the new template yet (generation 3, status of 2)", ""},
+		{"rolling", deployment(3, appsv1.DeploymentStatus{ObservedGeneration: 3, Replicas: 2, UpdatedReplicas: 1, AvailableReplicas: 1}), false,
+			"1/1 replicas updated, 1 available", ""},
+		{"rolled out", deployment(3, appsv1.DeploymentStatus{ObservedGeneration: 3, Replicas: 1, UpdatedReplicas: 1, AvailableReplicas: 1}), true,
+			"1/1 replicas updated, 1 available", ""},
+		{"past its deadline", deployment(3, appsv1.DeploymentStatus{ObservedGeneration: 3, Replicas: 2, UpdatedReplicas: 1, AvailableReplicas: 1,
+			Conditions: []appsv1.DeploymentCondition{stuck}}), false, "",
+			`the controller's Deployment opstrace-system/opstrace-controller did not roll out: ReplicaSet "opstrace-controller-5d9c" has timed out progressing.; ` +
+				"kubectl -n opstrace-system describe pods -l app.kubernetes.io/name=opstrace shows why"},
+	} {
+		done, detail, failed := controllerRolloutState(tc.d)
+		got := ""
+		if failed != nil {
+			got = failed.Error()
+		}
+		if done != tc.done || detail != tc.detail || (tc.failed == "") != (failed == nil) || !strings.Contains(got, tc.failed) {
+			t.Errorf("%s: %v %q %q; want %v %q %q", tc.name, done, detail, got, tc.done, tc.detail, tc.failed)
+		}
+	}
+}
