@@ -94,9 +94,9 @@ type upgradePlan struct {
 	DegradedBefore string
 }
 
-// defaultControllerTo is the controller image of this CLI's version in the installed repository.
-func (p upgradePlan) defaultControllerTo() string {
-	repo, _ := splitImage(p.ControllerFrom)
+// atThisVersion is the image of this CLI's version in the repository of the installed image.
+func atThisVersion(installed string) string {
+	repo, _ := splitImage(installed)
 	return repo + ":" + version.Version
 }
 
@@ -108,11 +108,10 @@ func planUpgrade(in installedCluster, embedded *chart.Chart, controllerImage, ga
 		ChartTo: chartName(embedded) + " of this CLI",
 	}
 	if p.ControllerTo == "" {
-		p.ControllerTo = p.defaultControllerTo()
+		p.ControllerTo = atThisVersion(p.ControllerFrom)
 	}
 	if p.GatewayTo == "" {
-		repo, _ := splitImage(in.gatewayImage)
-		p.GatewayTo = repo + ":" + version.Version
+		p.GatewayTo = atThisVersion(p.GatewayFrom)
 	}
 	if in.release != nil {
 		p.Revision = in.release.Version
@@ -201,7 +200,7 @@ func (p upgradePlan) Describe(what, name, namespace string) string {
 // and CRDs and the new controller at most one minor version after the installed controller and never older;
 // Cortex never downgraded and never more than one minor version ahead of what runs.
 func checkUpgradeSkew(p upgradePlan) error {
-	if strings.Contains(p.ControllerFrom, "@") && p.ControllerTo == p.defaultControllerTo() {
+	if strings.Contains(p.ControllerFrom, "@") && p.ControllerTo == atThisVersion(p.ControllerFrom) {
 		return fmt.Errorf("upgrade refused: the installed controller image %s is pinned by digest, so the image of "+
 			"this CLI's version cannot be derived from it; pass --controller-image REPOSITORY:TAG[@DIGEST] of %s",
 			p.ControllerFrom, version.Version)
