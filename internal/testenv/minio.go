@@ -4,10 +4,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // MinIO is a real MinIO server (bin/minio, built from the Go module proxy by `make test-tools`) on 127.0.0.1
@@ -54,6 +56,20 @@ func StartMinIO(t testing.TB) *MinIO {
 		// MinIO keeps its config and certs under $HOME/.minio unless told otherwise.
 		"MINIO_CONFIG_DIR="+filepath.Join(dir, "config"), "HOME="+dir)
 	m.log = startProcess(t, "minio", cmd, dir, m.Endpoint+"/minio/health/ready")
+	// The health check can pass while the S3 API still answers 503 (server not initialized): wait until an
+	// anonymous request gets MinIO's answer to anonymous requests instead.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		res, err := http.Get(m.Endpoint + "/")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode != http.StatusServiceUnavailable {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("MinIO's S3 API did not leave 503 within 30 s of its health check passing:\n%s", m.LogTail(20))
+		}
+	}
 	return m
 }
 
